@@ -1,0 +1,38 @@
+"""The Autoencoder: encoder -> bottleneck -> decoder, composed from config."""
+
+from __future__ import annotations
+
+import jax
+from flax import nnx
+
+from aeflax.models.layers import activation
+
+
+class Autoencoder(nnx.Module):
+    """Any variant is this one module with different parts.
+
+    Inputs are float images in [0, 1] shaped [B, H, W, C]. The decoder returns logits;
+    `output_activation` turns them into the reconstruction (losses that want logits,
+    such as Bernoulli likelihoods, use them directly for numerical stability).
+    """
+
+    def __init__(self, encoder, bottleneck, decoder, output_activation: str):
+        self.encoder = encoder
+        self.bottleneck = bottleneck
+        self.decoder = decoder
+        self.output_activation = output_activation
+
+    def encode(self, x, *, key=None, train: bool = False) -> dict:
+        return self.bottleneck(self.encoder(x), key=key, train=train)
+
+    def decode_logits(self, z) -> jax.Array:
+        return self.decoder(z)
+
+    def decode(self, z) -> jax.Array:
+        return activation(self.output_activation)(self.decoder(z))
+
+    def __call__(self, x, *, key=None, train: bool = False) -> dict:
+        out = self.encode(x, key=key, train=train)
+        out["logits"] = self.decoder(out["code"])
+        out["recon"] = activation(self.output_activation)(out["logits"])
+        return out

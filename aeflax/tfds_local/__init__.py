@@ -1,0 +1,1 @@
+"""TFDS builders for data this project can prepare without the internet."""

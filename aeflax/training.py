@@ -1,0 +1,276 @@
+"""Training: the state, a jit-compiled step, a whole epoch as one `lax.scan`.
+
+The state is a plain pytree (`TrainState`): parameters, other model variables, optimizer
+state, PRNG key and counters. Scalar hyperparameters (learning rate, noise level,
+penalty weights, beta) travel in a separate dict `hp` of arrays rather than being baked
+into the program, so a sweep over them can `jax.vmap` one compiled epoch.
+
+The data order of epoch e is a permutation drawn from fold_in(key, e): it depends only
+on the seed and the epoch, so resuming from a checkpoint replays the same batches.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx, struct
+
+from aeflax import corruption, objectives
+from aeflax.models import Autoencoder, build
+
+Metrics = dict[str, float]
+
+# fold_in constants that name independent random streams; steps and epochs stay below them
+PERMUTATION_STREAM, NOISE_STREAM, EVAL_STREAM = 2**30, 2**30 + 1, 2**30 + 2
+
+
+@struct.dataclass
+class TrainState:
+    params: Any  # nnx.State of the nnx.Param variables
+    other: Any  # nnx.State of every other variable (e.g. an EMA codebook)
+    opt_state: Any
+    key: jax.Array  # raw uint32 key data, so it checkpoints as a plain array
+    step: jax.Array
+    epoch: jax.Array
+
+
+# --- building --------------------------------------------------------------------------
+
+def make_model(cfg, image_shape, seed: int) -> Autoencoder:
+    return build(cfg.model, cfg.bottleneck, tuple(image_shape), nnx.Rngs(params=seed))
+
+
+def make_optimizer(cfg, steps_per_epoch: int) -> optax.GradientTransformation:
+    """The optimizer's direction with unit learning rate; the step scales it by hp['learning_rate'].
+
+    Keeping the learning rate (and decoupled weight decay) out of the optax chain makes them
+    traced values a sweep can vmap over; the schedule is a unit-scale multiplier here.
+    """
+    o = cfg.optimizer
+    total = max(1, cfg.train.epochs * steps_per_epoch)
+    parts = [optax.clip_by_global_norm(o.grad_clip)] if o.grad_clip > 0 else []
+    if o.name in ("adam", "adamw"):
+        parts.append(optax.scale_by_adam(b1=o.b1, b2=o.b2, eps=o.eps))
+    if o.schedule == "cosine":
+        parts.append(optax.scale_by_schedule(optax.cosine_decay_schedule(1.0, total)))
+    elif o.schedule == "exponential":
+        parts.append(optax.scale_by_schedule(optax.exponential_decay(1.0, total, o.decay_rate)))
+    return optax.chain(*parts) if parts else optax.identity()
+
+
+def hyperparameters(cfg, steps_per_epoch: int) -> dict[str, jax.Array]:
+    """The scalar hyperparameters a compiled epoch reads, as float32 arrays."""
+    p = cfg.penalty
+    values = dict(
+        learning_rate=cfg.optimizer.learning_rate,
+        weight_decay=cfg.optimizer.weight_decay,
+        beta=cfg.loss.beta,
+        warmup_steps=cfg.loss.warmup_epochs * steps_per_epoch,
+        noise_std=cfg.noise.std,
+        noise_prob=cfg.noise.prob,
+        l1_activity=p.l1_activity,
+        kl_sparsity=p.kl_sparsity,
+        sparsity_target=p.sparsity_target,
+        contractive=p.contractive,
+        l1_weight=p.l1_weight,
+        l2_weight=p.l2_weight,
+        commitment=cfg.bottleneck.commitment,
+    )
+    return {k: jnp.asarray(v, jnp.float32) for k, v in values.items()}
+
+
+def init_state(cfg, image_shape, steps_per_epoch: int, seed: Optional[int] = None):
+    """A fresh (graphdef, TrainState) for the config; `seed` defaults to cfg.seed."""
+    seed = cfg.seed if seed is None else seed
+    model = make_model(cfg, image_shape, seed)
+    graphdef, params, other = nnx.split(model, nnx.Param, ...)
+    tx = make_optimizer(cfg, steps_per_epoch)
+    state = TrainState(params=params, other=other, opt_state=tx.init(params),
+                       key=jax.random.key_data(jax.random.key(seed + 1)),
+                       step=jnp.zeros((), jnp.int32), epoch=jnp.zeros((), jnp.int32))
+    return graphdef, state
+
+
+def merge(graphdef, state: TrainState) -> Autoencoder:
+    return nnx.merge(graphdef, state.params, state.other)
+
+
+def steps_per_epoch(num_train: int, batch_size: int) -> int:
+    """Full batches per epoch (the remainder is dropped; a new permutation each epoch)."""
+    return max(1, num_train // batch_size)
+
+
+# --- the compiled epoch ----------------------------------------------------------------
+
+def prepare_batch(images, idx, key, hp, cfg, base_noise_key):
+    """uint8 images at `idx` -> (encoder input, clean target), both float in [0, 1]."""
+    x = images[idx].astype(jnp.float32) / 255.0
+    k_bin, k_noise = jax.random.split(key)
+    if cfg.data.binarize == "dynamic":
+        x = jax.random.bernoulli(k_bin, x).astype(jnp.float32)
+    if cfg.noise.kind == "none":
+        return x, x
+    if cfg.noise.fixed:  # the same noise for an image every epoch (noise drawn once)
+        keys = jax.vmap(lambda i: jax.random.fold_in(base_noise_key, i))(idx)
+    else:
+        keys = jax.random.split(k_noise, x.shape[0])
+    return corruption.corrupt(cfg.noise.kind, keys, x, hp["noise_std"], hp["noise_prob"]), x
+
+
+def make_train_epoch(graphdef, cfg, num_train: int) -> Callable:
+    """`train_epoch(state, images, hp) -> (state, metrics)`: one epoch as one lax.scan.
+
+    Not jitted here, so callers can wrap it in jit, vmap or shard it.
+    """
+    batch_size = min(cfg.train.batch_size, num_train)
+    n_steps = steps_per_epoch(num_train, batch_size)
+    tx = make_optimizer(cfg, n_steps)
+
+    def loss_fn(params, other, x_in, x, key, hp):
+        model = nnx.merge(graphdef, params, other)
+        loss, metrics = objectives.loss_and_metrics(model, x_in, x, key, hp, cfg, train=True)
+        return loss, (metrics, nnx.state(model, nnx.Not(nnx.Param)))
+
+    def train_step(carry, idx):
+        state, images, hp, epoch_key = carry
+        key = jax.random.fold_in(epoch_key, state.step)
+        k_batch, k_loss = jax.random.split(key)
+        base_noise_key = jax.random.fold_in(jax.random.wrap_key_data(state.key), NOISE_STREAM)
+        x_in, x = prepare_batch(images, idx, k_batch, hp, cfg, base_noise_key)
+        hp_step = dict(hp, kl_weight=kl_weight(hp, state.step))
+        grads, (metrics, other) = jax.grad(loss_fn, has_aux=True)(
+            state.params, state.other, x_in, x, k_loss, hp_step)
+        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        lr = hp["learning_rate"]
+        params = jax.tree.map(lambda p, u: p - lr * (u + hp["weight_decay"] * p), state.params, updates)
+        state = state.replace(params=params, other=other, opt_state=opt_state, step=state.step + 1)
+        return (state, images, hp, epoch_key), metrics
+
+    def train_epoch(state: TrainState, images, hp):
+        epoch_key = jax.random.fold_in(jax.random.wrap_key_data(state.key), state.epoch)
+        perm = jax.random.permutation(jax.random.fold_in(epoch_key, PERMUTATION_STREAM), num_train)
+        batches = perm[: n_steps * batch_size].reshape(n_steps, batch_size)
+        (state, _, _, _), metrics = jax.lax.scan(train_step, (state, images, hp, epoch_key), batches)
+        state = state.replace(epoch=state.epoch + 1)
+        return state, {f"train/{k}": jnp.mean(v) for k, v in metrics.items()}
+
+    return train_epoch
+
+
+def kl_weight(hp, step):
+    """beta, ramped linearly from 0 over `warmup_steps` (KL warm-up); beta itself when 0."""
+    ramp = jnp.where(hp["warmup_steps"] > 0, jnp.minimum(1.0, (step + 1) / jnp.maximum(hp["warmup_steps"], 1)),
+                     1.0)
+    return hp["beta"] * ramp
+
+
+def make_evaluate(graphdef, cfg, num_eval: int, prefix: str) -> Callable:
+    """`evaluate(state, images, hp) -> metrics`: per-image terms averaged over a split.
+
+    The split is scanned in fixed-size batches; the tail batch is padded and masked, so
+    every image counts once. Noise for denoising models is drawn once per image.
+    """
+    bs = min(cfg.train.eval_batch_size, num_eval)
+    n_batches = math.ceil(num_eval / bs)
+
+    def evaluate(state: TrainState, images, hp):
+        model = nnx.merge(graphdef, state.params, state.other)
+        key = jax.random.fold_in(jax.random.wrap_key_data(state.key), EVAL_STREAM)
+
+        def one(total, b):
+            idx = b * bs + jnp.arange(bs)
+            valid = idx < num_eval
+            idx = jnp.where(valid, idx, 0)
+            x = images[idx].astype(jnp.float32) / 255.0
+            if cfg.data.binarize == "dynamic":  # evaluation data binarized once (fixed key)
+                bkeys = jax.vmap(lambda i: jax.random.fold_in(key, i))(idx)
+                x = jax.vmap(lambda k, xi: jax.random.bernoulli(k, xi))(bkeys, x).astype(jnp.float32)
+            nkeys = jax.vmap(lambda i: jax.random.fold_in(jax.random.fold_in(key, NOISE_STREAM), i))(idx)
+            x_in = corruption.corrupt(cfg.noise.kind, nkeys, x, hp["noise_std"], hp["noise_prob"])
+            terms = objectives.eval_terms(model, x_in, x, jax.random.fold_in(key, b), cfg)
+            w = valid.astype(jnp.float32)
+            return jax.tree.map(lambda t, v: t + jnp.sum(v * w), total, terms), None
+
+        shapes = jax.eval_shape(lambda: objectives.eval_terms(
+            model, images[:bs].astype(jnp.float32), images[:bs].astype(jnp.float32), key, cfg))
+        zero = {k: jnp.zeros((), jnp.float32) for k in shapes}
+        total, _ = jax.lax.scan(one, zero, jnp.arange(n_batches))
+        return {f"{prefix}/{k}": v / num_eval for k, v in total.items()}
+
+    return evaluate
+
+
+# --- the loop --------------------------------------------------------------------------
+
+class NonFiniteLoss(FloatingPointError):
+    """The loss became NaN or Inf; the message names the epoch and metric and hints at a fix."""
+
+
+@dataclass
+class FitResult:
+    graphdef: Any
+    state: TrainState
+    history: list[Metrics]
+
+    @property
+    def model(self) -> Autoencoder:
+        return merge(self.graphdef, self.state)
+
+
+def fit(cfg, dataset, *, state: Optional[TrainState] = None, graphdef=None,
+        on_epoch: Optional[Callable[[int, Metrics, TrainState], None]] = None,
+        progress: bool = True) -> FitResult:
+    """Train for cfg.train.epochs (continuing from `state` if given), evaluating each epoch.
+
+    `on_epoch(epoch, metrics, state)` is called after every epoch (logging, checkpoints).
+    Raises NonFiniteLoss when a training or evaluation metric is not finite.
+    """
+    train_images = jax.device_put(dataset.train.images)
+    eval_name, eval_split = dataset.eval_split
+    eval_images = jax.device_put(eval_split.images)
+    n_steps = steps_per_epoch(len(dataset.train), min(cfg.train.batch_size, len(dataset.train)))
+    if state is None:
+        graphdef, state = init_state(cfg, dataset.image_shape, n_steps)
+    hp = hyperparameters(cfg, n_steps)
+    train_epoch = jax.jit(make_train_epoch(graphdef, cfg, len(dataset.train)), donate_argnums=0)
+    evaluate = jax.jit(make_evaluate(graphdef, cfg, len(eval_split), eval_name))
+
+    history: list[Metrics] = []
+    start = int(state.epoch)
+    bar = _progress(range(start, cfg.train.epochs), progress, initial=start, total=cfg.train.epochs)
+    for epoch in bar:
+        t0 = time.perf_counter()
+        state, train_metrics = train_epoch(state, train_images, hp)
+        metrics = {k: float(v) for k, v in {**train_metrics, **evaluate(state, eval_images, hp)}.items()}
+        metrics.update(epoch=epoch + 1, step=int(state.step), epoch_seconds=time.perf_counter() - t0)
+        check_finite(metrics, epoch + 1)
+        history.append(metrics)
+        if hasattr(bar, "set_postfix"):
+            bar.set_postfix({"loss": f"{metrics['train/loss']:.4g}",
+                             f"{eval_name}/loss": f"{metrics[f'{eval_name}/loss']:.4g}"})
+        if on_epoch is not None:
+            on_epoch(epoch + 1, metrics, state)
+    return FitResult(graphdef, state, history)
+
+
+def check_finite(metrics: Metrics, epoch: int) -> None:
+    for name, value in metrics.items():
+        if not np.isfinite(value):
+            raise NonFiniteLoss(
+                f"{name} became {value} in epoch {epoch}; lower optimizer.learning_rate "
+                "(or set optimizer.grad_clip) and check the loss scale")
+
+
+def _progress(iterable, enabled: bool, **kwargs):
+    if not enabled:
+        return iterable
+    from tqdm.auto import tqdm
+
+    return tqdm(iterable, desc="epochs", unit="epoch", dynamic_ncols=True, **kwargs)
