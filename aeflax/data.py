@@ -43,7 +43,7 @@ class Split:
     def __len__(self) -> int:
         return len(self.labels)
 
-    def take(self, n: Optional[int]) -> "Split":
+    def take(self, n: Optional[int]) -> Split:
         return self if n is None else Split(self.images[:n], self.labels[:n])
 
 

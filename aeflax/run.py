@@ -7,6 +7,7 @@ figures/, checkpoints/ and the W&B run in `workdir`.
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from pathlib import Path
@@ -15,9 +16,11 @@ from typing import Any, Optional
 import jax
 import numpy as np
 
-from aeflax import checkpoint, data, figures, training
+from aeflax import checkpoint, data, evaluation, training
 from aeflax.config import ConfigError, validate
 from aeflax.tracking import RunRecord, WandbRun
+
+logging.getLogger("absl").setLevel(logging.WARNING)  # orbax logs every save at INFO
 
 
 def process_start_time() -> float:
@@ -80,8 +83,7 @@ def train_and_evaluate(cfg, workdir, *, config_dict: Optional[dict] = None, grou
             hp = training.hyperparameters(cfg, 1)
             evaluate = jax.jit(training.make_evaluate(result.graphdef, cfg, len(dataset.test), "test"))
             final.update({k: float(v) for k, v in evaluate(result.state, dataset.test.images, hp).items()})
-        if cfg.eval.figures:
-            _figures(cfg, result, dataset, workdir, tracker)
+        final.update(evaluation.evaluate_run(cfg, result, dataset, workdir, tracker))
         epoch_times = [h["epoch_seconds"] for h in result.history]
         summary.update({k: v for k, v in final.items() if "/" in k})
         summary.update({
@@ -109,11 +111,3 @@ def _one_line(err: BaseException) -> str:
     text = str(err).strip().splitlines()
     return f"{type(err).__name__}: {text[0] if text else ''}"
 
-
-def _figures(cfg, result, dataset, workdir: Path, tracker) -> None:
-    model = result.model
-    x = dataset.test.images[:10].astype(np.float32) / 255.0
-    recon = np.asarray(model(x)["recon"])
-    path = figures.reconstructions(x, recon, workdir / "figures" / "reconstructions.png")
-    if tracker:
-        tracker.log_image("figures/reconstructions", path)

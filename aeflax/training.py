@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
 import jax
 import jax.numpy as jnp
@@ -166,8 +167,8 @@ def make_train_epoch(graphdef, cfg, num_train: int) -> Callable:
 
 def kl_weight(hp, step):
     """beta, ramped linearly from 0 over `warmup_steps` (KL warm-up); beta itself when 0."""
-    ramp = jnp.where(hp["warmup_steps"] > 0, jnp.minimum(1.0, (step + 1) / jnp.maximum(hp["warmup_steps"], 1)),
-                     1.0)
+    ramp = jnp.minimum(1.0, (step + 1) / jnp.maximum(hp["warmup_steps"], 1))
+    ramp = jnp.where(hp["warmup_steps"] > 0, ramp, 1.0)
     return hp["beta"] * ramp
 
 

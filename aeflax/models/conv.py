@@ -30,7 +30,8 @@ def feature_shape(image_shape, channels, stride) -> tuple[int, int, int]:
 class ConvEncoder(nnx.Module):
     def __init__(self, image_shape, channels, kernel, stride, act, rngs, init="glorot_uniform"):
         ins = [image_shape[-1], *channels[:-1]]
-        self.layers = nnx.List([_conv(a, b, kernel, stride, rngs, init) for a, b in zip(ins, channels)])
+        self.layers = nnx.List([_conv(a, b, kernel, stride, rngs, init)
+                                for a, b in zip(ins, channels, strict=False)])
         self.act = activation(act)
         self.out_shape = feature_shape(image_shape, channels, stride)
         self.out_features = math.prod(self.out_shape)
@@ -50,7 +51,7 @@ class ConvDecoder(nnx.Module):
         self.project = dense(code_size, math.prod(self.start_shape), rngs, init) if code_size else None
         rev = list(reversed(channels))
         self.layers = nnx.List([_conv_transpose(a, b, kernel, stride, rngs, init)
-                                for a, b in zip([channels[-1], *rev[:-1]], rev)])
+                                for a, b in zip([channels[-1], *rev[:-1]], rev, strict=False)])
         self.out = _conv(rev[-1], image_shape[-1], kernel, 1, rngs, init)
         self.act = activation(act)
         self.image_shape = tuple(image_shape)

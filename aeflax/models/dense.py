@@ -15,7 +15,7 @@ class DenseEncoder(nnx.Module):
 
     def __init__(self, image_shape, hidden, act: str, rngs: nnx.Rngs, init: str = "glorot_uniform"):
         sizes = [math.prod(image_shape), *hidden]
-        self.layers = nnx.List([dense(a, b, rngs, init) for a, b in zip(sizes[:-1], sizes[1:])])
+        self.layers = nnx.List([dense(a, b, rngs, init) for a, b in zip(sizes[:-1], sizes[1:], strict=False)])
         self.act = activation(act)
         self.out_features = sizes[-1]
 
@@ -32,7 +32,7 @@ class DenseDecoder(nnx.Module):
     def __init__(self, code_size: int, image_shape, hidden, act: str, rngs: nnx.Rngs,
                  init: str = "glorot_uniform"):
         sizes = [code_size, *hidden, math.prod(image_shape)]
-        self.layers = nnx.List([dense(a, b, rngs, init) for a, b in zip(sizes[:-1], sizes[1:])])
+        self.layers = nnx.List([dense(a, b, rngs, init) for a, b in zip(sizes[:-1], sizes[1:], strict=False)])
         self.act = activation(act)
         self.image_shape = tuple(image_shape)
 
