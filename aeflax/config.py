@@ -113,12 +113,20 @@ class LoggerConfig:
 
 @dataclass
 class EvalConfig:
-    reconstruction: bool = True
-    likelihood: bool = False
-    importance_samples: int = 1000
-    denoising_levels: list[float] = field(default_factory=list)
-    probe: bool = False
-    anomaly: bool = False
+    # each use is measured when asked and when it applies to the model (else skipped, with a note)
+    reconstruction: bool = True  # test/ssim, test/bce_per_image beside the epoch's test metrics
+    likelihood: bool = False  # VAE family: importance-sampled NLL (active units, KL per dim always)
+    importance_samples: int = 1000  # k of test/nll_k<k>; up to 5000 (Burda et al.)
+    importance_chunk: int = 250  # samples drawn per compiled step: bounds the memory
+    likelihood_limit: Optional[int] = None  # test images for the NLL; null = all
+    denoising_levels: list[float] = field(default_factory=list)  # noise levels: denoise/psnr@<level>
+    denoising_kind: str = "gaussian"  # gaussian (level = std) | masking | salt_pepper (level = prob)
+    probe: bool = False  # linear probe + k-NN on frozen codes (probe/accuracy, probe/knn_accuracy)
+    probe_raw: bool = True  # the same probe on raw pixels beside it (probe/raw_accuracy)
+    probe_limit: Optional[int] = None  # train examples the probe is fit on; null = all
+    knn_k: int = 5
+    anomaly: bool = False  # one-class AUROC; needs data.normal_class
+    anomaly_score: str = "auto"  # recon (per-image MSE) | elbo (negative ELBO) | auto (elbo for VAEs)
     figures: bool = True
 
 
@@ -210,3 +218,14 @@ def validate(cfg: Any) -> None:
     _check(cfg.eval.importance_samples >= 1,
            f"eval.importance_samples={cfg.eval.importance_samples} must be >= 1")
     _check(all(s >= 0 for s in cfg.eval.denoising_levels), "eval.denoising_levels must be >= 0")
+    ev = cfg.eval
+    _one_of(ev.denoising_kind, ("gaussian", "masking", "salt_pepper"), "eval.denoising_kind")
+    _check(ev.denoising_kind == "gaussian" or all(s < 1 for s in ev.denoising_levels),
+           f"eval.denoising_levels={list(ev.denoising_levels)} are probabilities for "
+           f"{ev.denoising_kind} noise: each must be < 1")
+    _one_of(ev.anomaly_score, ("auto", "recon", "elbo"), "eval.anomaly_score")
+    _check(ev.importance_chunk >= 1, f"eval.importance_chunk={ev.importance_chunk} must be >= 1")
+    _check(ev.knn_k >= 1, f"eval.knn_k={ev.knn_k} must be >= 1")
+    for key in ("likelihood_limit", "probe_limit"):
+        v = getattr(ev, key)
+        _check(v is None or v >= 1, f"eval.{key}={v} must be >= 1 (or null for all)")
