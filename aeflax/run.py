@@ -3,12 +3,17 @@
 This is the whole run a user launches: validate the config, load the data, train with a
 progress bar, evaluate, draw the figures, and leave summary.json, metrics.jsonl,
 figures/, checkpoints/ and the W&B run in `workdir`.
+
+A run directory is resumable: re-running the same command into it continues from the
+last checkpoint (and the same W&B run id), skips a finished run, and `fresh=true` starts
+over. One process at a time holds it (a lock file).
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import shutil
 import time
 from pathlib import Path
 from typing import Any, Optional
@@ -18,9 +23,10 @@ import numpy as np
 
 from aeflax import checkpoint, data, evaluation, training
 from aeflax.config import ConfigError, validate
-from aeflax.tracking import RunRecord, WandbRun
+from aeflax.tracking import METRICS, SUMMARY, RunLock, RunRecord, WandbRun, read_metrics, read_summary
 
 logging.getLogger("absl").setLevel(logging.WARNING)  # orbax logs every save at INFO
+log = logging.getLogger(__name__)
 
 
 def process_start_time() -> float:
@@ -53,58 +59,121 @@ def train_and_evaluate(cfg, workdir, *, config_dict: Optional[dict] = None, grou
                        progress: bool = True) -> dict:
     """Train and evaluate one configuration; return the summary written to summary.json.
 
-    Errors propagate after the summary records status "failed" and the error line.
+    A finished run in `workdir` is returned as it is (unless cfg.fresh); an unfinished one
+    resumes from its last checkpoint. Errors propagate after the summary records status
+    "failed" and the error line.
     """
     started = process_start_time()
     workdir = Path(workdir)
-    record = RunRecord(workdir)
-    summary: dict[str, Any] = {"status": "running", "seed": int(cfg.seed), "name": cfg.name}
+    check_writable(workdir)
+    with RunLock(workdir):
+        record = RunRecord(workdir)
+        previous = read_summary(workdir) or {}
+        finished = previous.get("status") == "finished"
+        summary: dict[str, Any] = {"status": "running", "seed": int(cfg.seed), "name": cfg.name}
+        try:
+            validate(cfg)
+        except ConfigError as err:
+            if not finished:  # never overwrite a finished record with a typo's failure
+                _record_failure(record, summary, err, started, None)
+            raise
+        if finished and not cfg.fresh:
+            log.info("%s already finished; returning its summary (fresh=true runs it again)", workdir)
+            return previous
+        if cfg.fresh:
+            clear(workdir)
+            previous = {}
+        summary["wandb_id"] = previous.get("wandb_id")
+        record.write_summary(summary)
+        tracker: Optional[WandbRun] = None
+        try:
+            dataset = data.load(cfg.data)
+            check_compatible(cfg, dataset)
+            tracker = WandbRun(cfg.logger, workdir, config_dict or {}, name=workdir.name, group=group,
+                               run_id=summary["wandb_id"])
+            summary["wandb_id"] = tracker.id or summary["wandb_id"]
+            record.write_summary(summary)  # the id is kept from now on: a resume continues this W&B run
+            return _train(cfg, dataset, workdir, record, tracker, summary, started, progress)
+        except BaseException as err:
+            _record_failure(record, summary, err, started, tracker)
+            raise
+
+
+def _train(cfg, dataset, workdir: Path, record: RunRecord, tracker: WandbRun, summary: dict,
+           started: float, progress: bool) -> dict:
+    """Restore the last checkpoint (if any), train the remaining epochs, evaluate, record."""
+    mgr = checkpoint.manager(workdir)
+    n_steps = training.steps_per_epoch(len(dataset.train), min(cfg.train.batch_size, len(dataset.train)))
+    graphdef, state = training.init_state(cfg, dataset.image_shape, n_steps)
+    last = checkpoint.latest_epoch(mgr)
+    if last is not None:
+        if last > cfg.train.epochs:
+            raise checkpoint.CheckpointError(
+                f"{mgr.directory} holds epoch {last} but train.epochs={cfg.train.epochs}; raise train.epochs "
+                f"or {checkpoint.FRESH_HINT}")
+        state = checkpoint.restore(mgr, state, last)
+        summary["resumed_from_epoch"] = last
+        log.info("resuming %s from the checkpoint of epoch %d", workdir, last)
+    record.truncate_after(last or 0)  # points logged after the checkpoint are logged again
+    earlier = read_metrics(workdir)  # the epochs before the checkpoint, one point each
+    summary["time/startup_seconds"] = time.time() - started
+
+    def on_epoch(epoch, metrics, state):
+        record.log(metrics)
+        tracker.log(metrics, step=epoch)
+        every = cfg.train.checkpoint_every
+        if epoch == cfg.train.epochs or (every and epoch % every == 0):
+            checkpoint.save(mgr, epoch, state)
+
+    result = training.fit(cfg, dataset, state=state, graphdef=graphdef, on_epoch=on_epoch, progress=progress)
+    result.history = earlier + result.history  # every epoch, those before a resume included
+    final = dict(result.history[-1])
+    if dataset.val is not None:  # the held-out test set, once, at the end
+        hp = training.hyperparameters(cfg, 1)
+        evaluate = jax.jit(training.make_evaluate(result.graphdef, cfg, len(dataset.test), "test"))
+        final.update({k: float(v) for k, v in evaluate(result.state, dataset.test.images, hp).items()})
+    final.update(evaluation.evaluate_run(cfg, result, dataset, workdir, tracker))
+    epoch_times = [h["epoch_seconds"] for h in result.history]
+    summary.update({k: v for k, v in final.items() if "/" in k})
+    summary.update({
+        "status": "finished", "epochs": int(result.state.epoch), "step": int(result.state.step),
+        "wall_seconds": time.time() - started,
+        "time/first_epoch_seconds": epoch_times[0],
+        "time/epoch_seconds": float(np.mean(epoch_times[1:] or epoch_times)),
+    })
     record.write_summary(summary)
-    tracker: Optional[WandbRun] = None
+    tracker.summary(summary)
+    tracker.finish()
+    return summary
+
+
+def check_writable(workdir: Path) -> None:
+    """Fail before any work when the run directory cannot be created or written."""
     try:
-        validate(cfg)
-        dataset = data.load(cfg.data)
-        check_compatible(cfg, dataset)
-        tracker = WandbRun(cfg.logger, workdir, config_dict or {}, name=workdir.name, group=group)
-        mgr = checkpoint.manager(workdir)
-        summary["time/startup_seconds"] = time.time() - started
+        workdir.mkdir(parents=True, exist_ok=True)
+        probe = workdir / f".write-test-{os.getpid()}"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as err:
+        raise ConfigError(f"output directory {workdir} is not writable ({err.strerror or err}); "
+                          "choose another one (hydra.run.dir=... or hydra.sweep.dir=...)") from None
 
-        def on_epoch(epoch, metrics, state):
-            record.log(metrics)
-            if tracker:
-                tracker.log(metrics, step=epoch)
-            every = cfg.train.checkpoint_every
-            if epoch == cfg.train.epochs or (every and epoch % every == 0):
-                checkpoint.save(mgr, epoch, state)
 
-        result = training.fit(cfg, dataset, on_epoch=on_epoch, progress=progress)
-        final = dict(result.history[-1])
-        if dataset.val is not None:  # the held-out test set, once, at the end
-            hp = training.hyperparameters(cfg, 1)
-            evaluate = jax.jit(training.make_evaluate(result.graphdef, cfg, len(dataset.test), "test"))
-            final.update({k: float(v) for k, v in evaluate(result.state, dataset.test.images, hp).items()})
-        final.update(evaluation.evaluate_run(cfg, result, dataset, workdir, tracker))
-        epoch_times = [h["epoch_seconds"] for h in result.history]
-        summary.update({k: v for k, v in final.items() if "/" in k})
-        summary.update({
-            "status": "finished", "epochs": int(result.state.epoch), "step": int(result.state.step),
-            "wall_seconds": time.time() - started,
-            "time/first_epoch_seconds": epoch_times[0],
-            "time/epoch_seconds": float(np.mean(epoch_times[1:] or epoch_times)),
-            "wandb_id": tracker.id if tracker else None,
-        })
-        record.write_summary(summary)
-        if tracker:
-            tracker.summary(summary)
-            tracker.finish()
-        return summary
-    except BaseException as err:
-        summary.update(status="failed", error=_one_line(err), wall_seconds=time.time() - started)
-        record.write_summary(summary)
-        if tracker:
-            tracker.summary({"status": "failed", "error": summary["error"]})
-            tracker.finish(exit_code=1)
-        raise
+def clear(workdir: Path) -> None:
+    """fresh=true: delete the checkpoints, the record and the figures of an earlier run."""
+    shutil.rmtree(workdir / checkpoint.DIRNAME, ignore_errors=True)
+    shutil.rmtree(workdir / "figures", ignore_errors=True)
+    for name in (SUMMARY, METRICS):
+        (workdir / name).unlink(missing_ok=True)
+
+
+def _record_failure(record: RunRecord, summary: dict, err: BaseException, started: float,
+                    tracker: Optional[WandbRun]) -> None:
+    summary.update(status="failed", error=_one_line(err), wall_seconds=time.time() - started)
+    record.write_summary(summary)
+    if tracker:
+        tracker.summary({"status": "failed", "error": summary["error"]})
+        tracker.finish(exit_code=1)
 
 
 def _one_line(err: BaseException) -> str:

@@ -2,22 +2,32 @@
 
 The local record is the source of truth: tables and resumption read it, so it is written
 atomically (summary.json via a temporary file and rename; metrics.jsonl one flushed line
-per point). W&B mirrors it under the same metric names; any W&B failure becomes one
-warning and training goes on.
+per point; a line cut short by a kill is dropped on reading). W&B mirrors it under the
+same metric names; any W&B failure becomes one warning and training goes on. A lock file
+keeps a second process out of a run directory.
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
+import logging
 import math
 import os
+import socket
 import tempfile
-import warnings
 from pathlib import Path
 from typing import Any, Optional
+from urllib.parse import urlparse
 
 SUMMARY = "summary.json"
 METRICS = "metrics.jsonl"
+LOCK = ".lock"
+log = logging.getLogger(__name__)
+
+
+class RunLocked(RuntimeError):
+    """Another live process holds the run directory."""
 
 
 def write_json_atomic(path: Path, obj: Any) -> None:
@@ -26,6 +36,9 @@ def write_json_atomic(path: Path, obj: Any) -> None:
         json.dump(obj, f, indent=2, sort_keys=True, default=_jsonable)
         f.flush()
         os.fsync(f.fileno())
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(f.name, 0o666 & ~umask)  # as a plain open() would create it, not 0600
     os.replace(f.name, path)
 
 
@@ -53,10 +66,48 @@ def read_summary(run_dir) -> Optional[dict]:
 
 
 def read_metrics(run_dir) -> list[dict]:
+    """The logged points; a line cut short by a kill (no newline, not JSON) is dropped."""
     path = Path(run_dir) / METRICS
     if not path.exists():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    points = []
+    for line in path.read_text().splitlines():
+        try:
+            points.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return points
+
+
+class RunLock:
+    """An exclusive fcntl lock on `<run_dir>/.lock`: one process per run directory.
+
+    The kernel drops the lock when its process dies (even by kill -9), so a stale lock
+    file never blocks a resume.
+    """
+
+    def __init__(self, run_dir):
+        self.path = Path(run_dir) / LOCK
+        self.fd: Optional[int] = None
+
+    def __enter__(self) -> RunLock:
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+            os.close(fd)
+            raise RunLocked(f"another process (pid {holder}) is running in {self.path.parent}; wait for it "
+                            "to end or choose another output directory (hydra.run.dir=...)") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        self.fd = fd
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.fd is not None:
+            os.close(self.fd)  # closing releases the lock
+            self.fd = None
 
 
 class RunRecord:
@@ -74,10 +125,23 @@ class RunRecord:
             os.fsync(f.fileno())
 
     def truncate_after(self, epoch: int) -> None:
-        """Drop points logged after `epoch` (a resumed run re-logs them)."""
-        kept = [m for m in read_metrics(self.run_dir) if m.get("epoch", 0) <= epoch]
+        """Keep the points up to and including the first one of `epoch` (the epoch's own point).
+
+        A resumed run logs again what came later: the epochs after its checkpoint and the
+        end-of-run evaluation. Cut-short lines go too.
+        """
+        kept = []
+        for point in read_metrics(self.run_dir):
+            if point.get("epoch", 0) > epoch:
+                break
+            kept.append(point)
+            if point.get("epoch", 0) == epoch:
+                break
         tmp = self.metrics_path.with_suffix(".tmp")
-        tmp.write_text("".join(json.dumps(m, sort_keys=True) + "\n" for m in kept))
+        with open(tmp, "w") as f:
+            f.write("".join(json.dumps(m, sort_keys=True) + "\n" for m in kept))
+            f.flush()
+            os.fsync(f.fileno())
         os.replace(tmp, self.metrics_path)
 
     def write_summary(self, summary: dict) -> None:
@@ -85,7 +149,10 @@ class RunRecord:
 
 
 class WandbRun:
-    """A W&B run that never stops training: failures become one warning and a no-op."""
+    """A W&B run that never stops training: failures become one warning and a no-op.
+
+    `run_id` (kept in summary.json) resumes the same W&B run after a crash, offline too.
+    """
 
     def __init__(self, logger_cfg, run_dir, config: dict, name: str, group: Optional[str],
                  run_id: Optional[str] = None):
@@ -95,17 +162,17 @@ class WandbRun:
         try:
             import wandb
 
-            if logger_cfg.mode == "online" and not (os.environ.get("WANDB_API_KEY") or _has_netrc()):
-                raise RuntimeError("logger.mode=online needs an API key (wandb login or WANDB_API_KEY); "
-                                   "use logger.mode=offline and `wandb sync` later")
+            if logger_cfg.mode == "online":
+                check_online(wandb.Settings().base_url)
             self.run = wandb.init(
                 project=logger_cfg.project, entity=logger_cfg.entity, group=group,
                 job_type=logger_cfg.job_type, tags=list(logger_cfg.tags), name=name, config=config,
                 dir=str(run_dir), mode=logger_cfg.mode, id=run_id, resume="allow" if run_id else None,
                 settings=wandb.Settings(console="off", silent=True, init_timeout=60))
         except Exception as err:  # noqa: BLE001 - tracking must never lose a run
-            warnings.warn(f"W&B disabled for this run ({type(err).__name__}: {err}); "
-                          f"the local record in {run_dir} is still written", stacklevel=2)
+            text = " ".join(str(err).split())[:300]
+            log.warning("W&B is off for this run (%s: %s); training goes on and the local record in %s is "
+                        "still written", type(err).__name__, text, run_dir)
             self.run = None
 
     @property
@@ -118,19 +185,19 @@ class WandbRun:
         try:
             fn(*args, **kwargs)
         except Exception as err:  # noqa: BLE001
-            warnings.warn(f"W&B logging failed ({err}); continuing without W&B", stacklevel=3)
+            log.warning("W&B logging failed (%s: %s); continuing without W&B", type(err).__name__, err)
             self.run = None
 
     def log(self, metrics: dict, step: Optional[int] = None) -> None:
         self._call(lambda: self.run.log(metrics, step=step))
 
     def log_image(self, key: str, path, step: Optional[int] = None) -> None:
-        def log():
+        def log_one():
             import wandb
 
             self.run.log({key: wandb.Image(str(path))}, step=step)
 
-        self._call(log)
+        self._call(log_one)
 
     def summary(self, summary: dict) -> None:
         self._call(lambda: self.run.summary.update(summary))
@@ -140,6 +207,19 @@ class WandbRun:
         self.run = None
 
 
-def _has_netrc() -> bool:
+def check_online(base_url: str, timeout: float = 3.0) -> None:
+    """Fail in seconds, with advice, where wandb.init would wait for its timeout."""
+    host = urlparse(base_url).hostname or base_url
+    if not (os.environ.get("WANDB_API_KEY") or _has_netrc(host)):
+        raise RuntimeError("logger.mode=online needs an API key (wandb login or WANDB_API_KEY); "
+                           "use logger=offline and `wandb sync` later")
+    try:
+        socket.create_connection((host, urlparse(base_url).port or 443), timeout=timeout).close()
+    except OSError as err:
+        raise RuntimeError(f"cannot reach {base_url} ({err}); use logger=offline here and run "
+                           "`wandb sync <run dir>/wandb/offline-run-*` from a machine with network") from None
+
+
+def _has_netrc(host: str) -> bool:
     netrc = Path(os.environ.get("NETRC", "~/.netrc")).expanduser()
-    return netrc.exists() and "api.wandb.ai" in netrc.read_text()
+    return netrc.exists() and host in netrc.read_text()
