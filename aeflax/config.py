@@ -48,6 +48,7 @@ class BottleneckConfig:
     activation: str = "relu"  # code activation (deterministic)
     top_k: int = 0  # k-sparse code: keep the k largest units; 0 = off
     codebook_size: int = 512  # vq
+    embedding_dim: int = 8  # vq: size of each codebook vector (dense: code_size / D vectors per image)
     commitment: float = 0.25  # vq commitment weight
     ema_decay: float = 0.0  # vq: > 0 updates the codebook by EMA instead of gradients
 
@@ -56,6 +57,7 @@ class BottleneckConfig:
 class LossConfig:
     name: str = "mse"  # mse | bce | elbo | iwae
     likelihood: str = "bernoulli"  # elbo/iwae decoder: bernoulli | gaussian
+    likelihood_std: float = 1.0  # gaussian decoder: fixed std of p(x|z) = N(recon, std^2 I)
     beta: float = 1.0  # weight of the KL term (beta-VAE)
     warmup_epochs: int = 0  # KL weight ramps linearly from 0 to beta
     k: int = 1  # importance samples (iwae)
@@ -75,6 +77,7 @@ class PenaltyConfig:
     kl_sparsity: float = 0.0  # weight beta of KL(rho || mean activation)
     sparsity_target: float = 0.05  # rho
     contractive: float = 0.0  # lambda of ||J_f(x)||_F^2
+    contractive_method: str = "auto"  # auto (closed form when possible) | autodiff | closed_form
     l1_weight: float = 0.0
     l2_weight: float = 0.0
 
@@ -201,6 +204,7 @@ def validate(cfg: Any) -> None:
     _check(0 < p.sparsity_target < 1, f"penalty.sparsity_target={p.sparsity_target} must be in (0, 1)")
     _check(not (p.kl_sparsity > 0 and b.activation != "sigmoid"),
            "penalty.kl_sparsity needs a sigmoid code (bottleneck.activation=sigmoid)")
+    check_variant(cfg)
     _one_of(o.name, ("adam", "adamw", "sgd"), "optimizer.name")
     _one_of(o.schedule, ("constant", "cosine", "exponential"), "optimizer.schedule")
     _check(o.learning_rate > 0, f"optimizer.learning_rate={o.learning_rate} must be > 0")
@@ -229,3 +233,37 @@ def validate(cfg: Any) -> None:
     for key in ("likelihood_limit", "probe_limit"):
         v = getattr(ev, key)
         _check(v is None or v >= 1, f"eval.{key}={v} must be >= 1 (or null for all)")
+
+
+def check_variant(cfg: Any) -> None:
+    """The variant's parts fit together (bottleneck, loss, noise, penalty); one line when not."""
+    m, b, lo, n, p = cfg.model, cfg.bottleneck, cfg.loss, cfg.noise, cfg.penalty
+    _check(b.embedding_dim >= 1, f"bottleneck.embedding_dim={b.embedding_dim} must be >= 1")
+    _check(not (b.kind == "vq" and m.architecture == "dense" and b.code_size % b.embedding_dim),
+           f"bottleneck.code_size={b.code_size} must be a multiple of bottleneck.embedding_dim="
+           f"{b.embedding_dim} (a dense VQ code is code_size / embedding_dim codebook vectors)")
+    _check(b.top_k == 0 or b.kind == "deterministic",
+           f"bottleneck.top_k={b.top_k} (k-sparse) needs bottleneck=deterministic, not {b.kind}")
+    _check(b.ema_decay == 0 or b.kind == "vq", f"bottleneck.ema_decay is for bottleneck=vq, not {b.kind}")
+    _check(p.l1_activity == 0 or b.kind in ("deterministic", "identity"),
+           f"penalty.l1_activity needs a deterministic or identity code, not bottleneck={b.kind}")
+    _check(p.kl_sparsity == 0 or b.kind == "deterministic",
+           f"penalty.kl_sparsity needs bottleneck=deterministic with activation=sigmoid, not {b.kind}")
+    _one_of(p.contractive_method, ("auto", "autodiff", "closed_form"), "penalty.contractive_method")
+    _check(p.contractive == 0 or b.kind != "vq",
+           "penalty.contractive is undefined for bottleneck=vq (a quantized code is piecewise constant)")
+    _check(p.contractive == 0 or p.contractive_method != "closed_form" or
+           (m.architecture == "dense" and not m.hidden and b.kind == "deterministic"),
+           "penalty.contractive_method=closed_form needs a one-layer encoder (model=dense, model.hidden=[], "
+           "bottleneck=deterministic); use contractive_method=autodiff")
+    _check(lo.likelihood_std > 0, f"loss.likelihood_std={lo.likelihood_std} must be > 0")
+    _check(lo.name != "iwae" or (lo.beta == 1 and lo.warmup_epochs == 0),
+           "loss.beta and loss.warmup_epochs weight the ELBO's KL term; the IWAE bound has none: "
+           "use loss=elbo for beta-VAE or KL warm-up")
+    bernoulli = lo.name == "bce" or (lo.name in ("elbo", "iwae") and lo.likelihood == "bernoulli")
+    _check(not bernoulli or m.output_activation == "sigmoid",
+           f"loss.name={lo.name} reads the decoder's logits as Bernoulli means: set "
+           "model.output_activation=sigmoid (or loss.likelihood=gaussian)")
+    _check(n.kind != "gaussian" or n.std > 0, "noise.kind=gaussian needs noise.std > 0")
+    _check(n.kind not in ("masking", "salt_pepper") or n.prob > 0,
+           f"noise.kind={n.kind} needs noise.prob > 0")

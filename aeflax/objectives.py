@@ -1,8 +1,9 @@
 """Losses, likelihood bounds and penalties, in nats where they are likelihoods.
 
 Per-example functions return arrays of shape [B]; `loss_and_metrics` combines them into
-the training objective. Scalar weights (beta, penalty weights) come from a dict of
-hyperparameters `hp` so they can be traced and vmapped over in sweeps.
+the training objective. Scalar weights (beta, penalty weights, the VQ commitment) come
+from a dict of hyperparameters `hp` so they can be traced and vmapped over in sweeps;
+which terms exist is decided by the (static) config.
 """
 
 from __future__ import annotations
@@ -11,9 +12,11 @@ import math
 
 import jax
 import jax.numpy as jnp
+import optax
 from flax import nnx
 
-from aeflax.models.bottlenecks import sample
+from aeflax.models.bottlenecks import Deterministic, sample
+from aeflax.models.dense import DenseEncoder
 
 LOG_2PI = math.log(2 * math.pi)
 
@@ -31,11 +34,7 @@ def mse(recon, x):
 
 def bce_from_logits(logits, x):
     """Binary cross-entropy per image in nats, averaged over pixels; x may be in [0, 1]."""
-    return jnp.mean(_flat(optax_sigmoid_bce(logits, x)), axis=-1)
-
-
-def optax_sigmoid_bce(logits, x):
-    return jnp.maximum(logits, 0) - logits * x + jnp.log1p(jnp.exp(-jnp.abs(logits)))
+    return jnp.mean(_flat(optax.sigmoid_binary_cross_entropy(logits, x)), axis=-1)
 
 
 def psnr(recon, x):
@@ -47,7 +46,7 @@ def psnr(recon, x):
 
 def bernoulli_log_likelihood(logits, x):
     """log p(x | z) summed over pixels, nats per image."""
-    return -jnp.sum(_flat(optax_sigmoid_bce(logits, x)), axis=-1)
+    return -jnp.sum(_flat(optax.sigmoid_binary_cross_entropy(logits, x)), axis=-1)
 
 
 def gaussian_log_likelihood(mean, x, std: float = 1.0):
@@ -56,10 +55,11 @@ def gaussian_log_likelihood(mean, x, std: float = 1.0):
     return -0.5 * jnp.sum(z**2 + LOG_2PI + 2 * math.log(std), axis=-1)
 
 
-def log_likelihood(likelihood: str, logits, recon, x):
+def log_likelihood(likelihood: str, logits, recon, x, std: float = 1.0):
+    """log p(x|z) per image: Bernoulli with the decoder's logits, or N(recon, std^2 I)."""
     if likelihood == "bernoulli":
         return bernoulli_log_likelihood(logits, x)
-    return gaussian_log_likelihood(recon, x)
+    return gaussian_log_likelihood(recon, x, std)
 
 
 def kl_standard_normal(mean, logvar):
@@ -72,25 +72,33 @@ def log_normal(z, mean, logvar):
     return -0.5 * jnp.sum(LOG_2PI + logvar + (z - mean) ** 2 / jnp.exp(logvar), axis=-1)
 
 
-def importance_log_weights(model, x, key, k: int, likelihood: str):
-    """log w_i = log p(x|z_i) + log p(z_i) - log q(z_i|x), z_i ~ q(z|x); shape [k, B]."""
+def importance_log_weights(model, x, key, k: int, likelihood: str, std: float = 1.0):
+    """log w_i = log p(x|z_i) + log p(z_i) - log q(z_i|x), z_i ~ q(z|x); shape [k, B].
+
+    With k = 1 this is the single-sample ELBO estimate of the same draw.
+    """
     mean, logvar = model.bottleneck.stats(model.encoder(x))
     z = sample(key, mean, logvar, num=k)  # [k, B, D]
 
     def one(zi):
         logits = model.decode_logits(zi)
-        recon = jax.nn.sigmoid(logits) if model.output_activation == "sigmoid" else logits
-        return log_likelihood(likelihood, logits, recon, x)
+        return log_likelihood(likelihood, logits, model.output(logits), x, std)
 
-    log_px_z = jax.lax.map(one, z)
+    log_px_z = jax.lax.map(one, z, batch_size=min(k, 8))
     zeros = jnp.zeros_like(mean)
     return log_px_z + log_normal(z, zeros, zeros) - log_normal(z, mean, logvar)
 
 
-def iwae_bound(model, x, key, k: int, likelihood: str):
+def iwae_bound(model, x, key, k: int, likelihood: str, std: float = 1.0):
     """The k-sample importance-weighted bound (Burda et al.): logsumexp_k log w - log k."""
-    log_w = importance_log_weights(model, x, key, k, likelihood)
+    log_w = importance_log_weights(model, x, key, k, likelihood, std)
     return jax.nn.logsumexp(log_w, axis=0) - math.log(k)
+
+
+def elbo_terms(out, x, loss_cfg):
+    """(log p(x|z), KL(q(z|x) || p(z))) per image for a gaussian bottleneck's output `out`."""
+    log_px = log_likelihood(loss_cfg.likelihood, out["logits"], out["recon"], x, loss_cfg.likelihood_std)
+    return log_px, kl_standard_normal(out["mean"], out["logvar"])
 
 
 # --- penalties -------------------------------------------------------------------------
@@ -102,20 +110,66 @@ def kl_sparsity(activation, target):
                    + (1 - target) * jnp.log((1 - target) / (1 - rho_hat)))
 
 
-def contractive(model, x):
-    """Mean over the batch of ||J_f(x)||_F^2, f the map from input to code (exact, autodiff)."""
+def sparsity_metrics(code, act: str) -> dict:
+    """Mean activation and the fraction of active units per image ([B] each).
+
+    A unit is active when it exceeds 0.5 for sigmoid codes (half-way), else when its
+    magnitude exceeds 1e-2 (ReLU and k-sparse codes are exactly 0 when off).
+    """
+    code = _flat(code)
+    active = code > 0.5 if act == "sigmoid" else jnp.abs(code) > 1e-2
+    return {"mean_activation": jnp.mean(code, axis=-1),
+            "active_fraction": jnp.mean(active.astype(jnp.float32), axis=-1)}
+
+
+def has_closed_form_jacobian(model) -> bool:
+    """True for a one-layer dense encoder: x -> act(W x + b), the case of Rifai et al.'s formula."""
+    return (isinstance(model.encoder, DenseEncoder) and len(model.encoder.layers) == 0
+            and isinstance(model.bottleneck, Deterministic))
+
+
+def contractive_closed_form(model, x):
+    """||J||_F^2 = sum_j act'(a_j)^2 sum_i W_ij^2 for h = act(W x + b), batch mean.
+
+    For a sigmoid code act'(a) = h (1 - h), Rifai et al.'s (2011) eq. for the CAE; the
+    slope of any element-wise activation is taken by forward-mode autodiff.
+    """
+    linear = model.bottleneck.linear
+    a = linear(_flat(x))
+    _, slope = jax.jvp(model.bottleneck.act, (a,), (jnp.ones_like(a),))
+    return jnp.mean(jnp.sum(slope**2 * jnp.sum(linear.kernel[...] ** 2, axis=0), axis=-1))
+
+
+def contractive_autodiff(model, x):
+    """Mean over the batch of ||J_f(x)||_F^2, f the map from input to code (exact, reverse mode).
+
+    The code is the pre-top-k activation (deterministic, identity) or the mean (gaussian).
+    """
     def code_of(xi):
-        return model.encode(xi[None])["activation"][0].reshape(-1)
+        out = model.encode(xi[None])
+        return out.get("activation", out.get("mean"))[0].reshape(-1)
 
     jac = jax.vmap(jax.jacrev(code_of))(x)  # [B, code, *image]
     return jnp.mean(jnp.sum(_flat(jac) ** 2, axis=-1))
 
 
+def contractive(model, x, method: str = "auto"):
+    """The contractive penalty by `method`: auto (closed form when it exists) | autodiff | closed_form."""
+    if method == "closed_form" or (method == "auto" and has_closed_form_jacobian(model)):
+        return contractive_closed_form(model, x)
+    return contractive_autodiff(model, x)
+
+
 def kernel_norms(model):
-    """(sum |w|, sum w^2) over every kernel (weights, not biases) of the model."""
+    """(sum |w|, sum w^2) over every kernel (weights, not biases or codebooks) of the model."""
     leaves = [leaf for path, leaf in jax.tree_util.tree_leaves_with_path(nnx.state(model, nnx.Param))
               if "kernel" in jax.tree_util.keystr(path)]
     return sum(jnp.sum(jnp.abs(w)) for w in leaves), sum(jnp.sum(w**2) for w in leaves)
+
+
+def code_activation_name(cfg) -> str:
+    """The activation that made the code (for the sparsity metrics)."""
+    return cfg.bottleneck.activation if cfg.bottleneck.kind == "deterministic" else cfg.model.activation
 
 
 # --- the objective ---------------------------------------------------------------------
@@ -127,44 +181,39 @@ def loss_and_metrics(model, x_in, x_target, key, hp, cfg, train: bool = True):
     reproduce (clean). `cfg` is the run config (static: which terms exist); `hp` holds the
     traced weights. Returns (scalar loss, dict of scalar metrics).
     """
-    lo, pen = cfg.loss, cfg.penalty
-    k_model, k_iwae = jax.random.split(key)
+    lo, pen, kind = cfg.loss, cfg.penalty, cfg.bottleneck.kind
     variational = lo.name in ("elbo", "iwae")
-    out = model(x_in, key=k_model if variational else None, train=train)
-    logits, recon = out["logits"], out["recon"]
-    metrics = {"mse": jnp.mean(mse(recon, x_target)), "bce": jnp.mean(bce_from_logits(logits, x_target))}
+    out = model(x_in, key=key if variational else None, train=train)
+    metrics = {"mse": jnp.mean(mse(out["recon"], x_target)),
+               "bce": jnp.mean(bce_from_logits(out["logits"], x_target))}
 
-    if lo.name == "mse":
-        loss = metrics["mse"]
-    elif lo.name == "bce":
-        loss = metrics["bce"]
+    if lo.name in ("mse", "bce"):
+        loss = metrics[lo.name]
     else:
-        log_px = log_likelihood(lo.likelihood, logits, recon, x_target)
-        kl = kl_standard_normal(out["mean"], out["logvar"])
-        elbo = log_px - kl
-        metrics.update(elbo=jnp.mean(elbo), kl=jnp.mean(kl), recon_nll=-jnp.mean(log_px))
-        if lo.name == "iwae":
-            bound = iwae_bound(model, x_in, k_iwae, lo.k, lo.likelihood)
-            metrics["iwae"] = jnp.mean(bound)
+        log_px, kl = elbo_terms(out, x_target, lo)
+        metrics.update(elbo=jnp.mean(log_px - kl), kl=jnp.mean(kl), recon_nll=-jnp.mean(log_px))
+        if lo.name == "iwae":  # the same key: with k = 1 the bound is the ELBO estimate of the same z
+            metrics["iwae"] = jnp.mean(iwae_bound(model, x_in, key, lo.k, lo.likelihood, lo.likelihood_std))
             loss = -metrics["iwae"]
         else:
             loss = -jnp.mean(log_px - hp["kl_weight"] * kl)
 
-    if "vq_loss" in out:
-        loss = loss + out["vq_loss"]
-        metrics.update(vq_loss=out["vq_loss"], perplexity=out["perplexity"])
-    if "activation" in out and cfg.bottleneck.kind == "deterministic":
+    if kind == "vq":
+        codebook, commitment = jnp.mean(out["codebook_loss"]), jnp.mean(out["commitment_loss"])
+        loss = loss + codebook + hp["commitment"] * commitment
+        metrics.update(codebook_loss=codebook, commitment_loss=commitment,
+                       perplexity=out["perplexity"], codebook_usage=out["codebook_usage"])
+    if kind in ("deterministic", "identity"):
         a = out["activation"]
-        metrics["code/mean_activation"] = jnp.mean(a)
-        metrics["code/active_fraction"] = jnp.mean(jnp.abs(out["code"]) > 1e-2)
+        sparsity = sparsity_metrics(out["code"], code_activation_name(cfg))
+        metrics.update({k: jnp.mean(v) for k, v in sparsity.items()})
         if pen.l1_activity > 0:
-            loss = loss + hp["l1_activity"] * jnp.mean(jnp.sum(jnp.abs(a), axis=-1))
+            loss = loss + hp["l1_activity"] * jnp.mean(jnp.sum(_flat(jnp.abs(a)), axis=-1))
         if pen.kl_sparsity > 0:
             loss = loss + hp["kl_sparsity"] * kl_sparsity(a, hp["sparsity_target"])
     if pen.contractive > 0:
-        jac = contractive(model, x_in)
-        metrics["contractive"] = jac
-        loss = loss + hp["contractive"] * jac
+        metrics["contractive"] = contractive(model, x_in, pen.contractive_method)
+        loss = loss + hp["contractive"] * metrics["contractive"]
     if pen.l1_weight > 0 or pen.l2_weight > 0:
         l1, l2 = kernel_norms(model)
         loss = loss + hp["l1_weight"] * l1 + hp["l2_weight"] * l2
@@ -173,16 +222,22 @@ def loss_and_metrics(model, x_in, x_target, key, hp, cfg, train: bool = True):
 
 
 def eval_terms(model, x_in, x_target, key, cfg):
-    """Per-image evaluation terms ([B] arrays) for the held-out split."""
-    variational = cfg.loss.name in ("elbo", "iwae")
+    """Per-image evaluation terms ([B] arrays) for the held-out split; `loss` is the objective's data term."""
+    lo, kind = cfg.loss, cfg.bottleneck.kind
+    variational = lo.name in ("elbo", "iwae")
     out = model(x_in, key=key if variational else None, train=False)
     terms = {"mse": mse(out["recon"], x_target), "bce": bce_from_logits(out["logits"], x_target),
              "psnr": psnr(out["recon"], x_target)}
     if variational:
-        log_px = log_likelihood(cfg.loss.likelihood, out["logits"], out["recon"], x_target)
-        kl = kl_standard_normal(out["mean"], out["logvar"])
-        terms.update(elbo=log_px - kl, kl=kl, recon_nll=-log_px)
-        terms["loss"] = -terms["elbo"]
+        log_px, kl = elbo_terms(out, x_target, lo)
+        terms.update(elbo=log_px - kl, kl=kl, recon_nll=-log_px, loss=kl - log_px)
+        if lo.name == "iwae":
+            terms["iwae"] = iwae_bound(model, x_in, key, lo.k, lo.likelihood, lo.likelihood_std)
+            terms["loss"] = -terms["iwae"]
     else:
-        terms["loss"] = terms[cfg.loss.name]
+        terms["loss"] = terms[lo.name]
+    if kind == "vq":
+        terms.update(codebook_loss=out["codebook_loss"], commitment_loss=out["commitment_loss"])
+    if kind in ("deterministic", "identity"):
+        terms.update(sparsity_metrics(out["code"], code_activation_name(cfg)))
     return terms

@@ -5,6 +5,7 @@ from __future__ import annotations
 import jax
 from flax import nnx
 
+from aeflax.models.bottlenecks import Gaussian
 from aeflax.models.layers import activation
 
 
@@ -28,11 +29,22 @@ class Autoencoder(nnx.Module):
     def decode_logits(self, z) -> jax.Array:
         return self.decoder(z)
 
+    def output(self, logits) -> jax.Array:
+        """Decoder logits -> reconstruction (the mean of the decoder's likelihood)."""
+        return activation(self.output_activation)(logits)
+
     def decode(self, z) -> jax.Array:
-        return activation(self.output_activation)(self.decoder(z))
+        return self.output(self.decoder(z))
+
+    def sample(self, key, n: int) -> jax.Array:
+        """n images decoded from the prior N(0, I) (gaussian bottlenecks: VAE, beta-VAE, IWAE)."""
+        if not isinstance(self.bottleneck, Gaussian):
+            raise TypeError(f"sampling from the prior needs a gaussian bottleneck, this model has "
+                            f"{type(self.bottleneck).__name__}")
+        return self.decode(jax.random.normal(key, (n, self.bottleneck.code_size)))
 
     def __call__(self, x, *, key=None, train: bool = False) -> dict:
         out = self.encode(x, key=key, train=train)
         out["logits"] = self.decoder(out["code"])
-        out["recon"] = activation(self.output_activation)(out["logits"])
+        out["recon"] = self.output(out["logits"])
         return out
