@@ -148,6 +148,7 @@ class Config:
     seed: int = 0
     name: str = "default"  # experiment name: groups runs in W&B and tables
     fresh: bool = False  # start over even if the run directory holds a checkpoint
+    objective: str = "test/loss"  # the summary metric a run returns to a sweeper (Optuna)
 
 
 class ConfigError(ValueError):
