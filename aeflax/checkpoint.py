@@ -2,17 +2,24 @@
 
 The data order is not stored: it is derived from the seed and the epoch, both in the
 state. Orbax writes each checkpoint into a temporary directory and renames it when
-complete, so a kill mid-save leaves the previous checkpoint as the latest.
+complete, so a kill mid-save leaves the previous checkpoint as the latest. A digest of
+each checkpoint's files, checked before restoring, turns a corrupted checkpoint into one
+clear error instead of a restore that fails deep inside Orbax (or silently succeeds).
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
+import logging
+import os
 from pathlib import Path
 from typing import Optional
 
 import orbax.checkpoint as ocp
 
 DIRNAME = "checkpoints"
+DIGESTS = "checkpoint_digests.json"  # beside checkpoints/: {epoch: sha256 of its files}
 
 
 class CheckpointError(RuntimeError):
@@ -24,6 +31,8 @@ FRESH_HINT = "run again with fresh=true to start over (this deletes the run's ch
 
 def manager(run_dir, max_to_keep: int = 2) -> ocp.CheckpointManager:
     path = (Path(run_dir) / DIRNAME).absolute()
+    if path.exists() and not path.is_dir():
+        raise CheckpointError(f"{path} is not a directory; {FRESH_HINT}")
     options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True, cleanup_tmp_directories=True,
                                            enable_async_checkpointing=False)
     try:
@@ -36,10 +45,23 @@ def manager(run_dir, max_to_keep: int = 2) -> ocp.CheckpointManager:
 def save(mgr: ocp.CheckpointManager, epoch: int, state) -> None:
     mgr.save(epoch, args=ocp.args.StandardSave(state))
     mgr.wait_until_finished()
+    digests = _read_digests(mgr)
+    digests = {k: v for k, v in digests.items() if int(k) in mgr.all_steps()}  # drop the deleted ones
+    digests[str(epoch)] = _digest(Path(mgr.directory) / str(epoch))
+    path = Path(mgr.directory).parent / DIGESTS
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(digests, indent=1, sort_keys=True))
+    os.replace(tmp, path)
 
 
 def latest_epoch(mgr: ocp.CheckpointManager) -> Optional[int]:
-    return mgr.latest_step()
+    absl = logging.getLogger("absl")
+    level = absl.level
+    absl.setLevel(logging.CRITICAL)  # a garbled metadata file is reported by restore's digest check
+    try:
+        return mgr.latest_step()
+    finally:
+        absl.setLevel(level)
 
 
 def restore(mgr: ocp.CheckpointManager, target, epoch: Optional[int] = None):
@@ -47,11 +69,33 @@ def restore(mgr: ocp.CheckpointManager, target, epoch: Optional[int] = None):
     epoch = mgr.latest_step() if epoch is None else epoch
     if epoch is None:
         raise CheckpointError(f"no checkpoint in {mgr.directory}")
+    expected = _read_digests(mgr).get(str(epoch))  # none if killed between saving and digesting
+    if expected is not None and _digest(Path(mgr.directory) / str(epoch)) != expected:
+        raise CheckpointError(f"checkpoint {epoch} in {mgr.directory} is corrupted (its files changed since "
+                              f"it was written); {FRESH_HINT}")
     try:
         return mgr.restore(epoch, args=ocp.args.StandardRestore(target))
     except Exception as err:  # noqa: BLE001 - any unreadable checkpoint is one clear error
         raise CheckpointError(f"checkpoint {epoch} in {mgr.directory} cannot be read ({_first_line(err)}); "
                               f"{FRESH_HINT}") from None
+
+
+def _digest(step_dir: Path) -> str:
+    """sha256 over the relative paths and contents of every file of a checkpoint."""
+    h = hashlib.sha256()
+    for path in sorted(p for p in step_dir.rglob("*") if p.is_file()):
+        h.update(str(path.relative_to(step_dir)).encode() + b"\0")
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+    return h.hexdigest()
+
+
+def _read_digests(mgr: ocp.CheckpointManager) -> dict:
+    try:
+        return json.loads((Path(mgr.directory).parent / DIGESTS).read_text())
+    except (OSError, ValueError):
+        return {}
 
 
 def _first_line(err: BaseException) -> str:

@@ -18,10 +18,7 @@ import time
 from pathlib import Path
 from typing import Any, Optional
 
-import jax
-import numpy as np
-
-from aeflax import checkpoint, data, evaluation, training
+from aeflax import data
 from aeflax.config import ConfigError, validate
 from aeflax.tracking import METRICS, SUMMARY, RunLock, RunRecord, WandbRun, read_metrics, read_summary
 
@@ -99,9 +96,14 @@ def train_and_evaluate(cfg, workdir, *, config_dict: Optional[dict] = None, grou
             raise
 
 
-def _train(cfg, dataset, workdir: Path, record: RunRecord, tracker: WandbRun, summary: dict,
+def _train(cfg, dataset: data.Dataset, workdir: Path, record: RunRecord, tracker: WandbRun, summary: dict,
            started: float, progress: bool) -> dict:
     """Restore the last checkpoint (if any), train the remaining epochs, evaluate, record."""
+    import jax  # JAX and Orbax load only now, so that bad input fails in a second, before them
+    import numpy as np
+
+    from aeflax import checkpoint, evaluation, training
+
     mgr = checkpoint.manager(workdir)
     n_steps = training.steps_per_epoch(len(dataset.train), min(cfg.train.batch_size, len(dataset.train)))
     graphdef, state = training.init_state(cfg, dataset.image_shape, n_steps)
@@ -161,9 +163,11 @@ def check_writable(workdir: Path) -> None:
 
 def clear(workdir: Path) -> None:
     """fresh=true: delete the checkpoints, the record and the figures of an earlier run."""
+    from aeflax import checkpoint
+
     shutil.rmtree(workdir / checkpoint.DIRNAME, ignore_errors=True)
     shutil.rmtree(workdir / "figures", ignore_errors=True)
-    for name in (SUMMARY, METRICS):
+    for name in (SUMMARY, METRICS, checkpoint.DIGESTS):
         (workdir / name).unlink(missing_ok=True)
 
 
