@@ -1,22 +1,389 @@
-"""Evaluation at the end of a run: metrics for each use, and the figures."""
+"""Evaluation for every use of an autoencoder, as papers measure it, and the pictures.
+
+- reconstruction: SSIM and BCE in nats per image beside the epoch's test MSE / BCE / PSNR;
+- likelihood (VAE family): importance-sampled NLL with k samples in chunks, active units
+  (Burda et al.'s covariance criterion), KL per latent dimension;
+- noise removal: PSNR / MSE of the reconstruction of a noisy input against the clean image,
+  beside the noisy input's own PSNR, per noise level;
+- anomaly detection: one-class AUROC, score = reconstruction error or negative ELBO;
+- feature extraction: linear probe and k-NN on frozen codes, the same probe on raw pixels;
+- generation and the latent space: the figures.
+
+`evaluate_run` runs what `cfg.eval` asks for, at the end of training and from
+experiments/evaluate.py. Test inputs are drawn exactly as `training.make_evaluate` draws
+them (same binarization and noise keys), so the numbers sit beside the run's own.
+"""
 
 from __future__ import annotations
 
+import math
+import warnings
+from collections.abc import Callable
 from pathlib import Path
+from typing import Optional
 
+import jax
+import jax.numpy as jnp
 import numpy as np
+from flax import nnx
+from threadpoolctl import threadpool_limits
+from tqdm.auto import tqdm
 
-from aeflax import figures
+from aeflax import corruption, figures, objectives, training
+from aeflax.tracking import RunRecord
+
+# fold_in constants of evaluation's own random streams (beside training's)
+LIKELIHOOD_STREAM, DENOISE_STREAM, SAMPLE_STREAM = 2**30 + 10, 2**30 + 11, 2**30 + 12
+
+
+# --- metrics of arrays -----------------------------------------------------------------
+# scikit-learn runs on one BLAS thread: beside JAX's threads, more made lbfgs ~100x slower here
+
+def psnr(recon, x):
+    """PSNR in dB per image for images in [0, 1]: 10 log10(1 / MSE)."""
+    return objectives.psnr(recon, x)
+
+
+def _gaussian_window(size: int, sigma: float = 1.5) -> np.ndarray:
+    g = np.exp(-((np.arange(size) - (size - 1) / 2) ** 2) / (2 * sigma**2))
+    return np.outer(g, g) / np.sum(g) ** 2
+
+
+def ssim(recon, x, max_val: float = 1.0):
+    """Mean SSIM per image (Wang et al. 2004: 11x11 Gaussian window, sigma 1.5, K1 0.01, K2 0.03).
+
+    Each channel separately over the window's valid region, as scikit-image's
+    `structural_similarity(..., gaussian_weights=True, use_sample_covariance=False)`.
+    """
+    size = min(11, x.shape[1], x.shape[2])
+    c = x.shape[-1]
+    w = jnp.asarray(np.tile(_gaussian_window(size)[:, :, None, None], (1, 1, 1, c)), x.dtype)
+
+    def filt(a):
+        return jax.lax.conv_general_dilated(a, w, (1, 1), "VALID", feature_group_count=c,
+                                            dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+    c1, c2 = (0.01 * max_val) ** 2, (0.03 * max_val) ** 2
+    mu_x, mu_y = filt(recon), filt(x)
+    sxx = filt(recon * recon) - mu_x**2
+    syy = filt(x * x) - mu_y**2
+    sxy = filt(recon * x) - mu_x * mu_y
+    s = ((2 * mu_x * mu_y + c1) * (2 * sxy + c2)) / ((mu_x**2 + mu_y**2 + c1) * (sxx + syy + c2))
+    return jnp.mean(s.reshape(s.shape[0], -1), axis=-1)
+
+
+def auroc(is_anomaly, scores) -> float:
+    """Area under the ROC curve of `scores` (higher = more anomalous) against 0/1 labels."""
+    from sklearn.metrics import roc_auc_score
+
+    return float(roc_auc_score(np.asarray(is_anomaly).astype(int), np.asarray(scores)))
+
+
+def linear_probe(train_x, train_y, test_x, test_y) -> float:
+    """Test accuracy of multinomial logistic regression fit on standardized train features."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    clf = make_pipeline(StandardScaler(), LogisticRegression(max_iter=1000))
+    with warnings.catch_warnings(), threadpool_limits(1):  # lbfgs may stop at max_iter: still the protocol
+        warnings.simplefilter("ignore")
+        clf.fit(_flat(train_x), train_y)
+        return float(clf.score(_flat(test_x), test_y))
+
+
+def knn_accuracy(train_x, train_y, test_x, test_y, k: int = 5) -> float:
+    """Test accuracy of k-nearest-neighbours (Euclidean) on the features."""
+    from sklearn.neighbors import KNeighborsClassifier
+
+    with threadpool_limits(1):
+        knn = KNeighborsClassifier(n_neighbors=k).fit(_flat(train_x), train_y)
+        return float(knn.score(_flat(test_x), test_y))
+
+
+def active_units(means, threshold: float = 1e-2) -> int:
+    """Burda et al.: unit u is active if Cov_x(E_q[z_u | x]) > threshold; `means` is [N, D]."""
+    return int(np.sum(np.var(np.asarray(means, np.float64), axis=0) > threshold))
+
+
+def kl_per_dim(mean, logvar) -> np.ndarray:
+    """KL(q(z_u|x) || N(0, 1)) per latent dimension u, averaged over the images ([D], nats)."""
+    mean, logvar = np.asarray(mean, np.float64), np.asarray(logvar, np.float64)
+    return np.mean(0.5 * (np.exp(logvar) + mean**2 - 1.0 - logvar), axis=0)
+
+
+def importance_nll(model, x, key, k: int, chunk: int, likelihood: str):
+    """-log p(x) per image, importance-sampled with k draws from q(z|x), `chunk` at a time.
+
+    log p(x) ~ logsumexp_i log w_i - log k; each chunk is reduced by logsumexp before the
+    next is drawn (lax.map), so memory grows with `chunk`, not k. Samples past k are masked.
+    """
+    chunk = min(chunk, k)
+    n_chunks = math.ceil(k / chunk)
+
+    def one(c):
+        log_w = objectives.importance_log_weights(model, x, jax.random.fold_in(key, c), chunk, likelihood)
+        valid = c * chunk + jnp.arange(chunk) < k
+        return jax.nn.logsumexp(jnp.where(valid[:, None], log_w, -jnp.inf), axis=0)
+
+    per_chunk = jax.lax.map(one, jnp.arange(n_chunks))  # [n_chunks, B]
+    return -(jax.nn.logsumexp(per_chunk, axis=0) - math.log(k))
+
+
+def _flat(a):
+    a = np.asarray(a)
+    return a.reshape(a.shape[0], -1)
+
+
+# --- batched passes over a split -------------------------------------------------------
+
+def batched(fn: Callable, model, arrays: tuple, batch_size: int, desc: Optional[str] = None) -> dict:
+    """`fn(model, *batch) -> dict of [B, ...]`, jit-compiled once and applied batch by batch.
+
+    The tail batch is padded to the full size (one compiled shape) and cut afterwards.
+    Shows a progress bar when stderr is a terminal.
+    """
+    graphdef, state = nnx.split(model)
+    jfn = jax.jit(lambda st, *b: fn(nnx.merge(graphdef, st), *b))
+    n = len(arrays[0])
+    bs = min(batch_size, n)
+    outs = []
+    for start in tqdm(range(0, n, bs), desc=desc, disable=None, leave=False, unit="batch"):
+        batch = [np.asarray(a[start:start + bs]) for a in arrays]
+        m = len(batch[0])
+        if m < bs:
+            batch = [np.concatenate([b, np.repeat(b[-1:], bs - m, axis=0)]) for b in batch]
+        outs.append({k: np.asarray(v)[:m] for k, v in jfn(state, *batch).items()})
+    return {k: np.concatenate([o[k] for o in outs]) for k in outs[0]}
+
+
+def eval_key(state):
+    """The key training.make_evaluate derives its test inputs from."""
+    return jax.random.fold_in(jax.random.wrap_key_data(state.key), training.EVAL_STREAM)
+
+
+def test_inputs(cfg, key, images, idx):
+    """(encoder input, clean target) of the images at `idx`, drawn as training.make_evaluate does."""
+    x = images.astype(jnp.float32) / 255.0
+    if cfg.data.binarize == "dynamic":
+        bkeys = jax.vmap(lambda i: jax.random.fold_in(key, i))(idx)
+        x = jax.vmap(lambda k, xi: jax.random.bernoulli(k, xi))(bkeys, x).astype(jnp.float32)
+    nkeys = jax.vmap(lambda i: jax.random.fold_in(jax.random.fold_in(key, training.NOISE_STREAM), i))(idx)
+    std, prob = jnp.float32(cfg.noise.std), jnp.float32(cfg.noise.prob)
+    return corruption.corrupt(cfg.noise.kind, nkeys, x, std, prob), x
+
+
+def test_terms(cfg, model, state, images) -> dict:
+    """Per-image terms on the test inputs: the objective's terms, SSIM, and q(z|x) for VAEs."""
+    key = eval_key(state)
+    bs = min(cfg.train.eval_batch_size, len(images))
+    variational = cfg.bottleneck.kind == "gaussian"
+
+    def fn(model, xb, idx):
+        x_in, x = test_inputs(cfg, key, xb, idx)
+        terms = objectives.eval_terms(model, x_in, x, jax.random.fold_in(key, idx[0] // bs), cfg)
+        out = model(x_in, train=False)
+        terms["ssim"] = ssim(out["recon"], x)
+        if variational:
+            terms.update(mean=out["mean"], logvar=out["logvar"])
+        return terms
+
+    return batched(fn, model, (images, np.arange(len(images))), bs, "test terms")
+
+
+def codes(model, images, batch_size: int = 1000) -> np.ndarray:
+    """Codes of clean images (the mean for VAEs), flattened to [N, code]."""
+    out = batched(lambda m, xb: {"code": m.encode(xb.astype(jnp.float32) / 255.0)["code"]},
+                  model, (images,), batch_size, "codes")
+    return _flat(out["code"])
+
+
+def likelihood_nll(cfg, model, state, images) -> np.ndarray:
+    """Importance-sampled NLL per test image (nats), k = eval.importance_samples."""
+    ev = cfg.eval
+    key = jax.random.fold_in(eval_key(state), LIKELIHOOD_STREAM)
+    bs = min(cfg.train.eval_batch_size, 500, len(images))
+
+    def fn(model, xb, idx):
+        _, x = test_inputs(cfg, eval_key(state), xb, idx)
+        return {"nll": importance_nll(model, x, jax.random.fold_in(key, idx[0]), ev.importance_samples,
+                                      ev.importance_chunk, cfg.loss.likelihood)}
+
+    return batched(fn, model, (images, np.arange(len(images))), bs,
+                   f"NLL k={ev.importance_samples}")["nll"]
+
+
+def denoising(cfg, model, state, images, level: float) -> dict:
+    """Clean, noisy and denoised test images at one noise level (noise drawn once per image)."""
+    key = jax.random.fold_in(jax.random.fold_in(eval_key(state), DENOISE_STREAM),
+                             int(round(level * 1e6)))
+    kind = cfg.eval.denoising_kind
+
+    def fn(model, xb, idx):
+        x = xb.astype(jnp.float32) / 255.0
+        keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(idx)
+        noisy = corruption.corrupt(kind, keys, x, jnp.float32(level), jnp.float32(level))
+        recon = model(noisy, train=False)["recon"]
+        return {"clean": x, "noisy": noisy, "recon": recon,
+                "mse": objectives.mse(recon, x), "psnr": psnr(recon, x), "noisy_psnr": psnr(noisy, x)}
+
+    return batched(fn, model, (images, np.arange(len(images))), cfg.train.eval_batch_size,
+                   f"denoise@{level:g}")
+
+
+# --- the whole evaluation of a run -----------------------------------------------------
+
+def _skip(what: str, why: str) -> None:
+    warnings.warn(f"{what} skipped: {why}", stacklevel=3)
 
 
 def evaluate_run(cfg, result, dataset, workdir: Path, tracker) -> dict:
-    """Run the evaluations `cfg.eval` asks for; return their metrics (slash names)."""
+    """Run the evaluations `cfg.eval` asks for; log them (metrics.jsonl, W&B) and return them.
+
+    `result` has `.model` and `.state` (a training.FitResult). Metrics use slash names;
+    figures go to workdir/figures and to W&B under figures/<name>.
+    """
+    ev, workdir = cfg.eval, Path(workdir)
+    model, state, test = result.model, result.state, dataset.test
+    variational = cfg.bottleneck.kind == "gaussian"
+    figdir = workdir / "figures"
     metrics: dict = {}
-    if cfg.eval.figures:
-        model = result.model
-        x = dataset.test.images[:10].astype(np.float32) / 255.0
-        recon = np.asarray(model(x)["recon"])
-        path = figures.reconstructions(x, recon, Path(workdir) / "figures" / "reconstructions.png")
-        if tracker:
-            tracker.log_image("figures/reconstructions", path)
+    paths: dict[str, Path] = {}
+    terms = None
+    if ev.reconstruction or ev.anomaly or variational:
+        terms = test_terms(cfg, model, state, test.images)
+    if ev.reconstruction:
+        metrics["test/ssim"] = float(np.mean(terms["ssim"]))
+        metrics["test/bce_per_image"] = float(np.mean(terms["bce"]) * math.prod(dataset.image_shape))
+
+    if variational:
+        metrics["test/active_units"] = active_units(terms["mean"])
+        kl = kl_per_dim(terms["mean"], terms["logvar"])
+        metrics["test/kl_per_dim"] = [float(v) for v in kl]
+        if ev.figures:
+            paths["kl_per_dim"] = figures.bars(kl, figdir / "kl_per_dim.png", "latent dimension",
+                                               "KL(q(z_u|x) || p(z_u)) [nats]")
+        if ev.likelihood:
+            n = ev.likelihood_limit or len(test)
+            nll = likelihood_nll(cfg, model, state, test.images[:n])
+            metrics[f"test/nll_k{ev.importance_samples}"] = float(np.mean(nll))
+    elif ev.likelihood:
+        _skip("eval.likelihood", f"needs a VAE-family model (bottleneck=gaussian), not {cfg.bottleneck.kind}")
+
+    if ev.denoising_levels:
+        rows = []
+        for level in ev.denoising_levels:
+            d = denoising(cfg, model, state, test.images, float(level))
+            at = f"@{float(level):g}"
+            metrics.update({f"denoise/psnr{at}": float(np.mean(d["psnr"])),
+                            f"denoise/mse{at}": float(np.mean(d["mse"])),
+                            f"denoise/noisy_psnr{at}": float(np.mean(d["noisy_psnr"])),
+                            f"denoise/psnr_gain{at}": float(np.mean(d["psnr"] - d["noisy_psnr"]))})
+            rows += [(f"noisy {level:g}", d["noisy"][:8]), (f"denoised {level:g}", d["recon"][:8])]
+        if ev.figures:
+            rows.insert(0, ("clean", d["clean"][:8]))
+            paths["denoising"] = figures.image_rows(rows, figdir / "denoising.png",
+                                                    f"{ev.denoising_kind} noise: before / after")
+
+    if ev.anomaly:
+        if cfg.data.normal_class is None:
+            _skip("eval.anomaly", "needs a one-class run (data.normal_class=<class>)")
+        else:
+            kind = ev.anomaly_score if ev.anomaly_score != "auto" else ("elbo" if variational else "recon")
+            if kind == "elbo" and not variational:
+                _skip("eval.anomaly_score=elbo", "needs a VAE; scoring by reconstruction error")
+                kind = "recon"
+            scores = -terms["elbo"] if kind == "elbo" else terms["mse"]
+            is_anomaly = test.labels != cfg.data.normal_class
+            metrics["anomaly/auroc"] = auroc(is_anomaly, scores)
+            if ev.figures:
+                paths["anomaly_scores"] = figures.score_histogram(
+                    scores, is_anomaly, figdir / "anomaly_scores.png",
+                    f"normal class {cfg.data.normal_class}: {'-ELBO' if kind == 'elbo' else 'MSE'} "
+                    f"(AUROC {metrics['anomaly/auroc']:.3f})")
+
+    if ev.probe:
+        metrics.update(probe(cfg, model, dataset))
+
+    if ev.figures:
+        paths.update(pictures(cfg, model, state, dataset, figdir))
+
+    scalars = {k: v for k, v in metrics.items() if not isinstance(v, list)}
+    epoch, step = int(state.epoch), int(state.step)
+    RunRecord(workdir).log({**scalars, "epoch": epoch, "step": step})
+    if tracker:
+        tracker.log(scalars, step=epoch)
+        for name, path in paths.items():
+            tracker.log_image(f"figures/{name}", path, step=epoch)
     return metrics
+
+
+def probe(cfg, model, dataset) -> dict:
+    """Linear probe and k-NN on frozen codes (fit on train, scored on test), and on raw pixels."""
+    ev = cfg.eval
+    if cfg.data.normal_class is not None:
+        _skip("eval.probe", "a one-class run has one training label")
+        return {}
+    train = dataset.train.take(ev.probe_limit)
+    test = dataset.test
+    c_train, c_test = codes(model, train.images), codes(model, test.images)
+    out = {"probe/accuracy": linear_probe(c_train, train.labels, c_test, test.labels),
+           "probe/knn_accuracy": knn_accuracy(c_train, train.labels, c_test, test.labels, ev.knn_k)}
+    if ev.probe_raw:
+        out["probe/raw_accuracy"] = linear_probe(train.images / 255.0, train.labels,
+                                                 test.images / 255.0, test.labels)
+    return out
+
+
+def pictures(cfg, model, state, dataset, figdir: Path) -> dict[str, Path]:
+    """Original vs reconstruction, samples, interpolations and the 2-D code map."""
+    test = dataset.test
+    n = min(10, len(test))
+    key = eval_key(state)
+    x_in, x = test_inputs(cfg, key, jnp.asarray(test.images[:n]), jnp.arange(n))
+    recon = np.asarray(model(x_in, train=False)["recon"])
+    rows = [("original", np.asarray(x))]
+    if cfg.noise.kind != "none":
+        rows.append(("input", np.asarray(x_in)))
+    paths = {"reconstructions": figures.image_rows(rows + [("reconstructed", recon)],
+                                                   figdir / "reconstructions.png",
+                                                   "originals and reconstructions")}
+    m = min(len(test), 2000)
+    test_codes = batched(lambda mo, xb: {"code": mo.encode(xb.astype(jnp.float32) / 255.0)["code"]},
+                         model, (test.images[:m],), cfg.train.eval_batch_size)["code"]
+    z = sample_codes(cfg, test_codes, jax.random.fold_in(key, SAMPLE_STREAM), 16)
+    paths["samples"] = figures.image_grid(np.asarray(model.decode(z)), figdir / "samples.png",
+                                          "samples from the prior" if cfg.bottleneck.kind == "gaussian"
+                                          else "samples from a Gaussian fit to the test codes")
+    paths["interpolation"] = figures.image_rows(
+        interpolation_rows(model, test_codes, test.images[:m], test.labels[:m], dataset.class_names),
+        figdir / "interpolation.png", "interpolation in code space between test images (ends)")
+    paths["latent_map"] = figures.code_map(_flat(test_codes), test.labels[:m], dataset.class_names,
+                                           figdir / "latent_map.png")
+    return paths
+
+
+def sample_codes(cfg, test_codes, key, n: int):
+    """Codes to decode: N(0, I) for VAEs, else a diagonal Gaussian fit to the test codes."""
+    shape = (n, *test_codes.shape[1:])
+    eps = jax.random.normal(key, shape)
+    if cfg.bottleneck.kind == "gaussian":
+        return eps
+    return jnp.asarray(test_codes.mean(0)) + jnp.asarray(test_codes.std(0)) * eps
+
+
+def interpolation_rows(model, test_codes, images, labels, class_names, pairs: int = 4, steps: int = 8):
+    """Rows: test image a, decodings of (1 - t) z_a + t z_b, test image b (a, b of other classes)."""
+    firsts = [int(np.argmax(labels == c)) for c in np.unique(labels)]
+    if len(firsts) < 2:
+        firsts = list(range(min(len(labels), 2 * pairs)))
+    ends = [(firsts[(2 * i) % len(firsts)], firsts[(2 * i + 1) % len(firsts)]) for i in range(pairs)]
+    t = np.linspace(0, 1, steps, dtype=np.float32).reshape(-1, *[1] * (test_codes.ndim - 1))
+    rows = []
+    for a, b in ends:
+        z = (1 - t) * test_codes[a] + t * test_codes[b]
+        row = np.concatenate([images[a:a + 1] / 255.0, np.asarray(model.decode(jnp.asarray(z))),
+                              images[b:b + 1] / 255.0])
+        name = lambda i: class_names[labels[i]] if labels[i] < len(class_names) else str(labels[i])
+        rows.append((f"{name(a)} -> {name(b)}", row))
+    return rows

@@ -11,40 +11,82 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 
-def _show(ax, image):
-    image = np.asarray(image, dtype=np.float32)
-    if image.shape[-1] == 1:
-        ax.imshow(image[..., 0], cmap="gray", vmin=0, vmax=1)
-    else:
-        ax.imshow(np.clip(image, 0, 1))
-    ax.set_xticks([])
-    ax.set_yticks([])
-
-
-def image_rows(rows: list[tuple[str, np.ndarray]], path, title: str = "") -> Path:
-    """A grid: one titled row per (label, images [N, H, W, C] in [0, 1])."""
-    n = max(len(images) for _, images in rows)
-    fig, axes = plt.subplots(len(rows), n, figsize=(1.6 * n, 1.8 * len(rows)), squeeze=False)
-    for r, (label, images) in enumerate(rows):
-        for c in range(n):
-            ax = axes[r, c]
-            if c < len(images):
-                _show(ax, images[c])
-            else:
-                ax.axis("off")
-            if c == 0:
-                ax.set_ylabel(label, fontsize=10)
-            ax.set_title(label if c == 0 else "", fontsize=9, loc="left")
-    if title:
-        fig.suptitle(title)
-    fig.tight_layout()
+def _save(fig, path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
     fig.savefig(path, dpi=80)
     plt.close(fig)
     return path
 
 
-def reconstructions(originals, recons, path, title: str = "originals (top) and reconstructions (bottom)"):
-    """The Keras tutorial's picture: originals on top, reconstructions below."""
-    return image_rows([("original", originals), ("reconstructed", recons)], path, title)
+def image_rows(rows: list[tuple[str, np.ndarray]], path, title: str = "") -> Path:
+    """A grid: one labelled row per (label, images [N, H, W, C] in [0, 1]), drawn as one mosaic."""
+    n = max(len(images) for _, images in rows)
+    h, w, c = np.asarray(rows[0][1]).shape[1:]
+    pad = 2
+    mosaic = np.ones((len(rows) * (h + pad) - pad, n * (w + pad) - pad, c), np.float32)
+    for r, (_, images) in enumerate(rows):
+        for i, image in enumerate(np.asarray(images, np.float32)):
+            mosaic[r * (h + pad):r * (h + pad) + h, i * (w + pad):i * (w + pad) + w] = np.clip(image, 0, 1)
+    size = (1.2 + 0.75 * n * w / 28, 0.4 + 0.75 * len(rows) * h / 28 + 0.3 * bool(title))
+    fig, ax = plt.subplots(figsize=size)
+    ax.imshow(mosaic[..., 0] if c == 1 else mosaic, cmap="gray", vmin=0, vmax=1)
+    ax.set_xticks([])
+    ax.set_yticks([r * (h + pad) + h / 2 for r in range(len(rows))], [label for label, _ in rows], fontsize=8)
+    ax.tick_params(length=0)
+    for side in ax.spines.values():
+        side.set_visible(False)
+    if title:
+        ax.set_title(title, fontsize=9)
+    return _save(fig, path)
+
+
+def image_grid(images: np.ndarray, path, title: str = "", cols: int = 8) -> Path:
+    """Images [N, H, W, C] in [0, 1] in rows of `cols` (generated samples)."""
+    rows = [("", images[i:i + cols]) for i in range(0, len(images), cols)]
+    return image_rows(rows, path, title)
+
+
+def code_map(codes: np.ndarray, labels: np.ndarray, class_names, path) -> Path:
+    """Codes [N, D] in 2-D coloured by label: the codes themselves when D = 2, else their PCA."""
+    if codes.shape[1] == 2:
+        xy, axis = codes, ("z1", "z2")
+    else:
+        from sklearn.decomposition import PCA
+        from threadpoolctl import threadpool_limits
+
+        with threadpool_limits(1):  # beside JAX's threads, more BLAS threads only contend
+            xy, axis = PCA(n_components=2).fit_transform(codes), ("PC 1", "PC 2")
+    fig, ax = plt.subplots(figsize=(6.5, 5))
+    cmap = plt.get_cmap("tab10")
+    for c in np.unique(labels):
+        keep = labels == c
+        name = class_names[c] if c < len(class_names) else str(c)
+        ax.scatter(xy[keep, 0], xy[keep, 1], s=4, alpha=0.6, color=cmap(int(c) % 10), label=name)
+    ax.set_xlabel(axis[0])
+    ax.set_ylabel(axis[1])
+    ax.set_title("test codes" + ("" if codes.shape[1] == 2 else f" (PCA of {codes.shape[1]} dims)"))
+    ax.legend(markerscale=3, fontsize=7, loc="best")
+    return _save(fig, path)
+
+
+def bars(values: np.ndarray, path, xlabel: str, ylabel: str) -> Path:
+    """One bar per entry (e.g. KL per latent dimension)."""
+    fig, ax = plt.subplots(figsize=(max(4.0, 0.18 * len(values)), 3))
+    ax.bar(np.arange(len(values)), values)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    return _save(fig, path)
+
+
+def score_histogram(scores: np.ndarray, is_anomaly: np.ndarray, path, title: str) -> Path:
+    """Anomaly scores of normal and anomalous test images, overlaid."""
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    bins = np.histogram_bin_edges(scores, bins=50)
+    ax.hist(scores[~is_anomaly], bins=bins, alpha=0.6, density=True, label="normal")
+    ax.hist(scores[is_anomaly], bins=bins, alpha=0.6, density=True, label="anomalous")
+    ax.set_xlabel("score")
+    ax.set_title(title)
+    ax.legend()
+    return _save(fig, path)
