@@ -3,12 +3,19 @@
 Hydra composes conf/ and hands the config to aeflax.run.train_and_evaluate; the run
 directory is Hydra's output directory. User errors end with one line and exit code 1
 (in a multirun the failed job is recorded and the sweep goes on).
+
+In a multirun every job is its own W&B run, grouped by sweep (the sweep's name and first
+launch time, kept in the sweep directory so a re-run joins the same group) and tagged
+with the experiment and variant. Job directories are stable (conf/config.yaml), so the
+same command again skips finished jobs (run.py) and re-runs failed or missing ones.
 """
 
 from __future__ import annotations
 
+import math
 import os
 import sys
+import time
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -24,6 +31,39 @@ from experiments.schema import register  # noqa: E402
 register()
 
 USER_ERRORS = ("ConfigError", "DataError", "CheckpointError", "NonFiniteLoss", "RunLocked")
+GROUP_FILE = "wandb_group.txt"
+
+
+def sweep_group(sweep_dir: Path) -> str:
+    """`<sweep name>-<first launch time>`, created once per sweep directory (atomically, so
+    parallel jobs agree) and read back by every later job and re-run."""
+    path = sweep_dir / GROUP_FILE
+    if not path.exists():
+        sweep_dir.mkdir(parents=True, exist_ok=True)
+        tmp = sweep_dir / f".{GROUP_FILE}.{os.getpid()}"
+        tmp.write_text(f"{sweep_dir.name}-{time.strftime('%Y-%m-%d_%H-%M-%S')}\n")
+        try:
+            os.link(tmp, path)  # fails if another job created it first: theirs wins
+        except FileExistsError:
+            pass
+        finally:
+            tmp.unlink()
+    return path.read_text().strip()
+
+
+def wandb_identity(cfg: DictConfig, hc) -> tuple[str | None, list[str], dict]:
+    """The W&B group, tags and config of this job: the chosen experiment/variant and the
+    command-line overrides become config columns beside the resolved config."""
+    choices = {k: hc.runtime.choices.get(k) for k in ("experiment", "variant", "hparams_search")}
+    choices = {k: v for k, v in choices.items() if v}
+    multirun = hc.mode == RunMode.MULTIRUN
+    group = cfg.logger.group or (sweep_group(Path(hc.sweep.dir)) if multirun else None)
+    tags = [*cfg.logger.tags, cfg.name, *choices.values(), *(["sweep"] if multirun else [])]
+    tags = [t[:64] for t in dict.fromkeys(tags)]  # W&B's limit
+    config = OmegaConf.to_container(cfg, resolve=True)
+    config.update(choices, overrides=list(hc.overrides.task))
+    config["logger"]["tags"] = tags
+    return group, tags, config
 
 
 @hydra.main(config_path="../conf", config_name="config", version_base="1.3")
@@ -32,10 +72,10 @@ def main(cfg: DictConfig):
 
     hc = HydraConfig.get()
     multirun = hc.mode == RunMode.MULTIRUN
-    group = cfg.logger.group or (f"{cfg.name}-{Path(hc.sweep.dir).name}" if multirun else None)
+    group, tags, config = wandb_identity(cfg, hc)
+    cfg.logger.tags = tags
     try:
-        summary = train_and_evaluate(cfg, hc.runtime.output_dir, group=group,
-                                     config_dict=OmegaConf.to_container(cfg, resolve=True))
+        summary = train_and_evaluate(cfg, hc.runtime.output_dir, group=group, config_dict=config)
     except Exception as err:
         if type(err).__name__ not in USER_ERRORS:
             raise
@@ -43,10 +83,15 @@ def main(cfg: DictConfig):
         if multirun:
             return None
         sys.exit(1)
-    metric = "test/loss"
-    print(f"{hc.runtime.output_dir}: {metric} = {summary.get(metric):.6g}, "
-          f"test/mse = {summary.get('test/mse'):.6g}, wall {summary['wall_seconds']:.1f} s")
-    return summary.get(metric)
+    shown = {k: summary.get(k) for k in dict.fromkeys([cfg.objective, "test/mse"])}
+    print(f"{hc.runtime.output_dir}: " + ", ".join(f"{k} = {_fmt(v)}" for k, v in shown.items())
+          + f", wall {summary.get('wall_seconds', 0):.1f} s")
+    value = summary.get(cfg.objective)
+    return float(value) if isinstance(value, (int, float)) else math.nan  # what Optuna optimizes
+
+
+def _fmt(value) -> str:
+    return f"{value:.6g}" if isinstance(value, (int, float)) else str(value)
 
 
 if __name__ == "__main__":
