@@ -17,6 +17,7 @@ them (same binarization and noise keys), so the numbers sit beside the run's own
 from __future__ import annotations
 
 import math
+import time
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -137,14 +138,19 @@ def _flat(a):
 
 # --- batched passes over a split -------------------------------------------------------
 
-def batched(fn: Callable, model, arrays: tuple, batch_size: int, desc: Optional[str] = None) -> dict:
-    """`fn(model, *batch) -> dict of [B, ...]`, jit-compiled once and applied batch by batch.
+def jit_model_fn(fn: Callable, model) -> Callable:
+    """`fn(model, *batch)` compiled once, with the model's current variables bound."""
+    graphdef, state = nnx.split(model)
+    jfn = jax.jit(lambda st, *b: fn(nnx.merge(graphdef, st), *b))
+    return lambda *batch: jfn(state, *batch)
+
+
+def map_batches(f: Callable, arrays: tuple, batch_size: int, desc: Optional[str] = None) -> dict:
+    """Apply `f(*batch) -> dict of [B, ...]` batch by batch and concatenate on the host.
 
     The tail batch is padded to the full size (one compiled shape) and cut afterwards.
     Shows a progress bar when stderr is a terminal.
     """
-    graphdef, state = nnx.split(model)
-    jfn = jax.jit(lambda st, *b: fn(nnx.merge(graphdef, st), *b))
     n = len(arrays[0])
     bs = min(batch_size, n)
     outs = []
@@ -153,8 +159,13 @@ def batched(fn: Callable, model, arrays: tuple, batch_size: int, desc: Optional[
         m = len(batch[0])
         if m < bs:
             batch = [np.concatenate([b, np.repeat(b[-1:], bs - m, axis=0)]) for b in batch]
-        outs.append({k: np.asarray(v)[:m] for k, v in jfn(state, *batch).items()})
+        outs.append({k: np.asarray(v)[:m] for k, v in f(*batch).items()})
     return {k: np.concatenate([o[k] for o in outs]) for k in outs[0]}
+
+
+def batched(fn: Callable, model, arrays: tuple, batch_size: int, desc: Optional[str] = None) -> dict:
+    """`fn(model, *batch) -> dict of [B, ...]` jit-compiled and mapped over `arrays` in batches."""
+    return map_batches(jit_model_fn(fn, model), arrays, batch_size, desc)
 
 
 def eval_key(state):
@@ -237,12 +248,14 @@ def _skip(what: str, why: str) -> None:
     warnings.warn(f"{what} skipped: {why}", stacklevel=3)
 
 
-def evaluate_run(cfg, result, dataset, workdir: Path, tracker) -> dict:
+def evaluate_run(cfg, result, dataset, workdir: Path, tracker, also_log: Optional[dict] = None) -> dict:
     """Run the evaluations `cfg.eval` asks for; log them (metrics.jsonl, W&B) and return them.
 
     `result` has `.model` and `.state` (a training.FitResult). Metrics use slash names;
-    figures go to workdir/figures and to W&B under figures/<name>.
+    figures go to workdir/figures and to W&B under figures/<name>; `also_log` joins the
+    logged point. The time each use took is returned as time/eval/<use>_seconds.
     """
+    started = time.perf_counter()
     ev, workdir = cfg.eval, Path(workdir)
     model, state, test = result.model, result.state, dataset.test
     variational = cfg.bottleneck.kind == "gaussian"
@@ -264,9 +277,11 @@ def evaluate_run(cfg, result, dataset, workdir: Path, tracker) -> dict:
             paths["kl_per_dim"] = figures.bars(kl, figdir / "kl_per_dim.png", "latent dimension",
                                                "KL(q(z_u|x) || p(z_u)) [nats]")
         if ev.likelihood:
+            t0 = time.perf_counter()
             n = ev.likelihood_limit or len(test)
             nll = likelihood_nll(cfg, model, state, test.images[:n])
             metrics[f"test/nll_k{ev.importance_samples}"] = float(np.mean(nll))
+            metrics["time/eval/likelihood_seconds"] = time.perf_counter() - t0
     elif ev.likelihood:
         _skip("eval.likelihood", f"needs a VAE-family model (bottleneck=gaussian), not {cfg.bottleneck.kind}")
 
@@ -303,12 +318,15 @@ def evaluate_run(cfg, result, dataset, workdir: Path, tracker) -> dict:
                     f"(AUROC {metrics['anomaly/auroc']:.3f})")
 
     if ev.probe:
+        t0 = time.perf_counter()
         metrics.update(probe(cfg, model, dataset))
+        metrics["time/eval/probe_seconds"] = time.perf_counter() - t0
 
     if ev.figures:
         paths.update(pictures(cfg, model, state, dataset, figdir))
 
-    scalars = {k: v for k, v in metrics.items() if not isinstance(v, list)}
+    metrics["time/eval_seconds"] = time.perf_counter() - started
+    scalars = {**(also_log or {}), **{k: v for k, v in metrics.items() if not isinstance(v, list)}}
     epoch, step = int(state.epoch), int(state.step)
     RunRecord(workdir).log({**scalars, "epoch": epoch, "step": step})
     if tracker:

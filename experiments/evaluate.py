@@ -1,0 +1,105 @@
+"""Evaluate a saved run: `python experiments/evaluate.py RUN_DIR [eval=<option>] [key=value ...]`.
+
+Loads the run's config (.hydra/config.yaml) and latest checkpoint, recomputes its test
+metrics and the evaluations that `eval` asks for (the run's own eval config unless
+`eval=<name>` picks conf/eval/<name>.yaml; `eval.x=y` and other `key=value` overrides
+apply on top, e.g. `eval=likelihood eval.importance_samples=5000 data.test_limit=null`),
+and writes them into the run's record under the same names: summary.json (merged),
+one line of metrics.jsonl, figures/, and the run's W&B run (resumed by its id).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from omegaconf import OmegaConf  # noqa: E402
+
+CONF = Path(__file__).resolve().parent.parent / "conf"
+USER_ERRORS = ("ConfigError", "DataError", "CheckpointError", "FileNotFoundError", "ConfigKeyError",
+               "ValidationError")
+
+
+def eval_option(name: str):
+    """conf/eval/<name>.yaml on top of the EvalConfig defaults, as Hydra composes the group."""
+    from aeflax.config import EvalConfig
+
+    path = CONF / "eval" / f"{name}.yaml"
+    if not path.exists():
+        options = ", ".join(sorted(p.stem for p in path.parent.glob("*.yaml")))
+        raise FileNotFoundError(f"eval={name} is not an option; choose one of {options}")
+    return OmegaConf.merge(OmegaConf.structured(EvalConfig), OmegaConf.load(path))
+
+
+def config(run_dir: Path, overrides: list[str]):
+    from aeflax import api
+    from aeflax.config import validate
+
+    cfg = api.load_config(run_dir)
+    groups = [o for o in overrides if o.startswith("eval=")]
+    for option in groups:
+        cfg.eval = eval_option(option.split("=", 1)[1])
+    cfg.merge_with_dotlist([o for o in overrides if o not in groups])
+    validate(cfg)
+    return cfg
+
+
+def evaluate(run_dir, overrides=()) -> dict:
+    """Evaluate the run in `run_dir`; return the metrics written into its record."""
+    import jax
+
+    from aeflax import api, data, evaluation, training
+    from aeflax.tracking import RunRecord, WandbRun, read_summary
+
+    started = time.perf_counter()
+    run_dir = Path(run_dir)
+    cfg = config(run_dir, list(overrides))
+    dataset = data.load(cfg.data)
+    graphdef, state = api.restore(cfg, run_dir, dataset.image_shape)
+    hp = training.hyperparameters(cfg, 1)
+    test_eval = jax.jit(training.make_evaluate(graphdef, cfg, len(dataset.test), "test"))
+    metrics = {k: float(v) for k, v in test_eval(state, dataset.test.images, hp).items()}
+    summary = read_summary(run_dir) or {}
+    tracker = WandbRun(cfg.logger, run_dir, OmegaConf.to_container(cfg, resolve=True), name=run_dir.name,
+                       group=cfg.logger.group, run_id=summary.get("wandb_id"))
+    result = training.FitResult(graphdef, state, history=[])
+    metrics.update(evaluation.evaluate_run(cfg, result, dataset, run_dir, tracker, also_log=metrics))
+    metrics["time/evaluate_seconds"] = time.perf_counter() - started
+    summary.update(metrics)
+    RunRecord(run_dir).write_summary(summary)
+    if tracker:
+        tracker.summary(metrics)
+        tracker.finish()
+    return metrics
+
+
+def main(argv=None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter, epilog=(
+                                         "options of eval=: " + ", ".join(
+                                             sorted(p.stem for p in (CONF / "eval").glob("*.yaml")))))
+    parser.add_argument("run_dir", type=Path, help="a run directory written by experiments/train.py")
+    parser.add_argument("overrides", nargs="*", help="eval=<option> and key=value overrides")
+    args = parser.parse_args(argv)
+    try:
+        metrics = evaluate(args.run_dir, args.overrides)
+    except Exception as err:
+        if type(err).__name__ not in USER_ERRORS:
+            raise
+        print(f"error: {str(err).strip().splitlines()[0]}", file=sys.stderr)
+        sys.exit(1)
+    shown = {k: (round(v, 6) if isinstance(v, float) else v) for k, v in metrics.items()
+             if not isinstance(v, list)}
+    print(json.dumps(shown, indent=1, sort_keys=True))
+    return metrics
+
+
+if __name__ == "__main__":
+    main()
