@@ -262,7 +262,7 @@ def fit(cfg, dataset, *, state: Optional[TrainState] = None, graphdef=None,
 
 
 def check_finite(metrics: Metrics, epoch: int) -> None:
-    for name, value in metrics.items():
+    for name, value in sorted(metrics.items(), key=lambda kv: not kv[0].endswith("/loss")):  # loss first
         if not np.isfinite(value):
             raise NonFiniteLoss(
                 f"{name} became {value} in epoch {epoch}; lower optimizer.learning_rate "
