@@ -163,7 +163,7 @@ class WandbRun:
             import wandb
 
             if logger_cfg.mode == "online":
-                check_online(wandb.Settings().base_url)
+                check_online(os.environ.get("WANDB_BASE_URL") or wandb.Settings().base_url)
             self.run = wandb.init(
                 project=logger_cfg.project, entity=logger_cfg.entity, group=group,
                 job_type=logger_cfg.job_type, tags=list(logger_cfg.tags), name=name, config=config,
