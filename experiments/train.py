@@ -57,7 +57,8 @@ def wandb_identity(cfg: DictConfig, hc) -> tuple[str | None, list[str], dict]:
     choices = {k: hc.runtime.choices.get(k) for k in ("experiment", "variant", "hparams_search")}
     choices = {k: v for k, v in choices.items() if v}
     multirun = hc.mode == RunMode.MULTIRUN
-    group = cfg.logger.group or (sweep_group(Path(hc.sweep.dir)) if multirun else None)
+    tracked = cfg.logger.mode != "disabled"
+    group = cfg.logger.group or (sweep_group(Path(hc.sweep.dir)) if multirun and tracked else None)
     tags = [*cfg.logger.tags, cfg.name, *choices.values(), *(["sweep"] if multirun else [])]
     tags = [t[:64] for t in dict.fromkeys(tags)]  # W&B's limit
     config = OmegaConf.to_container(cfg, resolve=True)
