@@ -113,7 +113,7 @@ def kl_per_dim(mean, logvar) -> np.ndarray:
     return np.mean(0.5 * (np.exp(logvar) + mean**2 - 1.0 - logvar), axis=0)
 
 
-def importance_nll(model, x, key, k: int, chunk: int, likelihood: str):
+def importance_nll(model, x, key, k: int, chunk: int, likelihood: str, std: float = 1.0):
     """-log p(x) per image, importance-sampled with k draws from q(z|x), `chunk` at a time.
 
     log p(x) ~ logsumexp_i log w_i - log k; each chunk is reduced by logsumexp before the
@@ -123,7 +123,8 @@ def importance_nll(model, x, key, k: int, chunk: int, likelihood: str):
     n_chunks = math.ceil(k / chunk)
 
     def one(c):
-        log_w = objectives.importance_log_weights(model, x, jax.random.fold_in(key, c), chunk, likelihood)
+        key_c = jax.random.fold_in(key, c)
+        log_w = objectives.importance_log_weights(model, x, key_c, chunk, likelihood, std)
         valid = c * chunk + jnp.arange(chunk) < k
         return jax.nn.logsumexp(jnp.where(valid[:, None], log_w, -jnp.inf), axis=0)
 
@@ -202,11 +203,10 @@ def test_terms(cfg, model, state, images) -> dict:
     return batched(fn, model, (images, np.arange(len(images))), bs, "test terms")
 
 
-def codes(model, images, batch_size: int = 1000) -> np.ndarray:
-    """Codes of clean images (the mean for VAEs), flattened to [N, code]."""
-    out = batched(lambda m, xb: {"code": m.encode(xb.astype(jnp.float32) / 255.0)["code"]},
-                  model, (images,), batch_size, "codes")
-    return _flat(out["code"])
+def encoder(model, batch_size: int = 1000) -> Callable:
+    """`encode(uint8 images) -> codes [N, ...]` of clean images (the mean for VAEs), compiled once."""
+    f = jit_model_fn(lambda m, xb: {"code": m.encode(xb.astype(jnp.float32) / 255.0)["code"]}, model)
+    return lambda images: map_batches(f, (images,), batch_size, "codes")["code"]
 
 
 def likelihood_nll(cfg, model, state, images) -> np.ndarray:
@@ -218,28 +218,35 @@ def likelihood_nll(cfg, model, state, images) -> np.ndarray:
     def fn(model, xb, idx):
         _, x = test_inputs(cfg, eval_key(state), xb, idx)
         return {"nll": importance_nll(model, x, jax.random.fold_in(key, idx[0]), ev.importance_samples,
-                                      ev.importance_chunk, cfg.loss.likelihood)}
+                                      ev.importance_chunk, cfg.loss.likelihood, cfg.loss.likelihood_std)}
 
     return batched(fn, model, (images, np.arange(len(images))), bs,
                    f"NLL k={ev.importance_samples}")["nll"]
 
 
-def denoising(cfg, model, state, images, level: float) -> dict:
-    """Clean, noisy and denoised test images at one noise level (noise drawn once per image)."""
-    key = jax.random.fold_in(jax.random.fold_in(eval_key(state), DENOISE_STREAM),
-                             int(round(level * 1e6)))
+def denoiser(cfg, model, state) -> Callable:
+    """`denoise(level) -> dict`: clean, noisy and denoised test images at a noise level, with
+    their per-image MSE and PSNR. Noise is drawn once per image; one compiled program serves
+    every level (the level is traced)."""
+    key = jax.random.fold_in(eval_key(state), DENOISE_STREAM)
     kind = cfg.eval.denoising_kind
 
-    def fn(model, xb, idx):
+    def fn(model, xb, idx, level):
         x = xb.astype(jnp.float32) / 255.0
-        keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(idx)
-        noisy = corruption.corrupt(kind, keys, x, jnp.float32(level), jnp.float32(level))
+        level_key = jax.random.fold_in(key, jnp.round(level * 1e6).astype(jnp.int32))
+        keys = jax.vmap(lambda i: jax.random.fold_in(level_key, i))(idx)
+        noisy = corruption.corrupt(kind, keys, x, level, level)
         recon = model(noisy, train=False)["recon"]
         return {"clean": x, "noisy": noisy, "recon": recon,
                 "mse": objectives.mse(recon, x), "psnr": psnr(recon, x), "noisy_psnr": psnr(noisy, x)}
 
-    return batched(fn, model, (images, np.arange(len(images))), cfg.train.eval_batch_size,
-                   f"denoise@{level:g}")
+    f = jit_model_fn(fn, model)
+
+    def denoise(images, level: float) -> dict:
+        return map_batches(lambda xb, idx: f(xb, idx, np.float32(level)), (images, np.arange(len(images))),
+                           cfg.train.eval_batch_size, f"denoise@{level:g}")
+
+    return denoise
 
 
 # --- the whole evaluation of a run -----------------------------------------------------
@@ -286,9 +293,9 @@ def evaluate_run(cfg, result, dataset, workdir: Path, tracker, also_log: Optiona
         _skip("eval.likelihood", f"needs a VAE-family model (bottleneck=gaussian), not {cfg.bottleneck.kind}")
 
     if ev.denoising_levels:
-        rows = []
+        rows, denoise = [], denoiser(cfg, model, state)
         for level in ev.denoising_levels:
-            d = denoising(cfg, model, state, test.images, float(level))
+            d = denoise(test.images, float(level))
             at = f"@{float(level):g}"
             metrics.update({f"denoise/psnr{at}": float(np.mean(d["psnr"])),
                             f"denoise/mse{at}": float(np.mean(d["mse"])),
@@ -320,7 +327,8 @@ def evaluate_run(cfg, result, dataset, workdir: Path, tracker, also_log: Optiona
     if ev.probe:
         t0 = time.perf_counter()
         metrics.update(probe(cfg, model, dataset))
-        metrics["time/eval/probe_seconds"] = time.perf_counter() - t0
+        metrics["time/eval/probe_seconds"] = (time.perf_counter() - t0
+                                              - metrics.get("time/eval/raw_probe_seconds", 0.0))
 
     if ev.figures:
         paths.update(pictures(cfg, model, state, dataset, figdir))
@@ -344,12 +352,15 @@ def probe(cfg, model, dataset) -> dict:
         return {}
     train = dataset.train.take(ev.probe_limit)
     test = dataset.test
-    c_train, c_test = codes(model, train.images), codes(model, test.images)
+    encode = encoder(model, cfg.train.eval_batch_size)
+    c_train, c_test = _flat(encode(train.images)), _flat(encode(test.images))
     out = {"probe/accuracy": linear_probe(c_train, train.labels, c_test, test.labels),
            "probe/knn_accuracy": knn_accuracy(c_train, train.labels, c_test, test.labels, ev.knn_k)}
     if ev.probe_raw:
+        t0 = time.perf_counter()
         out["probe/raw_accuracy"] = linear_probe(train.images / 255.0, train.labels,
                                                  test.images / 255.0, test.labels)
+        out["time/eval/raw_probe_seconds"] = time.perf_counter() - t0
     return out
 
 
@@ -367,8 +378,7 @@ def pictures(cfg, model, state, dataset, figdir: Path) -> dict[str, Path]:
                                                    figdir / "reconstructions.png",
                                                    "originals and reconstructions")}
     m = min(len(test), 2000)
-    test_codes = batched(lambda mo, xb: {"code": mo.encode(xb.astype(jnp.float32) / 255.0)["code"]},
-                         model, (test.images[:m],), cfg.train.eval_batch_size)["code"]
+    test_codes = encoder(model, cfg.train.eval_batch_size)(test.images[:m])
     z = sample_codes(cfg, test_codes, jax.random.fold_in(key, SAMPLE_STREAM), 16)
     paths["samples"] = figures.image_grid(np.asarray(model.decode(z)), figdir / "samples.png",
                                           "samples from the prior" if cfg.bottleneck.kind == "gaussian"
