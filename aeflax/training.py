@@ -135,7 +135,7 @@ def make_train_epoch(graphdef, cfg, num_train: int) -> Callable:
     tx = make_optimizer(cfg, n_steps)
 
     def loss_fn(params, other, x_in, x, key, hp):
-        model = nnx.merge(graphdef, params, other)
+        model = nnx.merge(graphdef, params, other, copy=True)  # fresh variables: EMA updates under grad
         loss, metrics = objectives.loss_and_metrics(model, x_in, x, key, hp, cfg, train=True)
         return loss, (metrics, nnx.state(model, nnx.Not(nnx.Param)))
 
