@@ -114,7 +114,7 @@ class VectorQuantized(nnx.Module):
         if ema_decay > 0:
             self.codebook = EMA(entries)
             self.cluster_size = EMA(jnp.ones((codebook_size,)))
-            self.embed_sum = EMA(entries)
+            self.embed_sum = EMA(jnp.array(entries, copy=True))  # its own buffer (donation)
         else:
             self.codebook = nnx.Param(entries)
 
