@@ -172,7 +172,9 @@ def validate(cfg: Any) -> None:
     d, m, b, lo, n, p, o, t = (cfg.data, cfg.model, cfg.bottleneck, cfg.loss, cfg.noise,
                                cfg.penalty, cfg.optimizer, cfg.train)
     _one_of(m.architecture, ("dense", "conv"), "model.architecture")
-    _one_of(m.activation, ACTIVATIONS, "model.activation")
+    _one_of(m.activation, (*ACTIVATIONS, "gated"), "model.activation")
+    _check(not (m.activation == "gated" and m.architecture == "conv"),
+           "model.activation=gated is a dense layer; conv models take relu, elu, ...")
     _one_of(m.output_activation, ("sigmoid", "linear"), "model.output_activation")
     _one_of(m.conv.impl, ("auto", "native", "im2col"), "model.conv.impl")
     _check(all(h >= 1 for h in m.hidden), f"model.hidden={list(m.hidden)}: every size must be >= 1")
