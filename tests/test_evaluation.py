@@ -146,22 +146,22 @@ def test_one_class_anomaly_auroc(fmnist_small, tmp_path):
     from aeflax.config import DataConfig
 
     ds = data.load(DataConfig(train_limit=1000, test_limit=500, normal_class=1))
-    cfg = make_cfg("train.epochs=3", "train.batch_size=32", "data.normal_class=1", "eval.anomaly=true",
+    cfg = make_cfg("train.epochs=2", "train.batch_size=32", "data.normal_class=1", "eval.anomaly=true",
                    "eval.reconstruction=false")
     result = training.fit(cfg, ds, progress=False)
     m = evaluation.evaluate_run(cfg, result, ds, tmp_path, None)
     assert m["anomaly/auroc"] > 0.8
 
 
-def test_vae_likelihood_on_real_data(fmnist_small, tmp_path):
-    cfg = make_cfg("bottleneck.kind=gaussian", "bottleneck.code_size=8", "loss.name=elbo", "train.epochs=1",
-                   "train.batch_size=64", "eval.likelihood=true", "eval.importance_samples=64",
-                   "eval.importance_chunk=16", "eval.likelihood_limit=100")
-    result = training.fit(cfg, fmnist_small, progress=False)
+def test_vae_likelihood_on_real_images(fmnist_small, tmp_path):
+    """The bounds' order holds for any VAE, trained or not: -log p(x) (IS) <= -ELBO."""
+    cfg = make_cfg("bottleneck.kind=gaussian", "bottleneck.code_size=8", "loss.name=elbo",
+                   "eval.likelihood=true", "eval.importance_samples=32", "eval.importance_chunk=16",
+                   "eval.likelihood_limit=100", "eval.reconstruction=false")
+    graphdef, state = training.init_state(cfg, (28, 28, 1), 1)
+    result = training.FitResult(graphdef, state, [])
     m = evaluation.evaluate_run(cfg, result, fmnist_small, tmp_path, None)
-    # the IS estimate of -log p(x) lies below -ELBO (a bound), and both are finite nats per image
-    neg_elbo = -np.mean(evaluation.test_terms(cfg, result.model, result.state,
-                                              fmnist_small.test.images[:100])["elbo"])
-    assert 0 < m["test/nll_k64"] < neg_elbo
+    terms = evaluation.test_terms(cfg, result.model, state, fmnist_small.test.images)
+    assert 0 < m["test/nll_k32"] < -np.mean(terms["elbo"][:100])
     assert 0 <= m["test/active_units"] <= 8 and len(m["test/kl_per_dim"]) == 8
-    assert sum(m["test/kl_per_dim"]) == pytest.approx(result.history[-1]["test/kl"], rel=0.05)
+    assert sum(m["test/kl_per_dim"]) == pytest.approx(np.mean(terms["kl"]), rel=1e-4)
