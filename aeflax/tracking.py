@@ -15,7 +15,6 @@ import logging
 import math
 import os
 import socket
-import tempfile
 from pathlib import Path
 from typing import Any, Optional
 from urllib.parse import urlparse
@@ -31,15 +30,15 @@ class RunLocked(RuntimeError):
 
 
 def write_json_atomic(path: Path, obj: Any) -> None:
+    """Readers see the old file or the new one, never half of one (temporary file + rename)."""
     path = Path(path)
-    with tempfile.NamedTemporaryFile("w", dir=path.parent, prefix=f".{path.name}.", delete=False) as f:
-        json.dump(obj, f, indent=2, sort_keys=True, default=_jsonable)
+    text = json.dumps(obj, indent=2, sort_keys=True, default=_jsonable)  # fails before touching files
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "w") as f:
+        f.write(text)
         f.flush()
         os.fsync(f.fileno())
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(f.name, 0o666 & ~umask)  # as a plain open() would create it, not 0600
-    os.replace(f.name, path)
+    os.replace(tmp, path)
 
 
 def _jsonable(value):
