@@ -1,6 +1,6 @@
-"""Resuming a run directory: kill -9 then the same command, finished runs, fresh=true, corruption."""
+"""Resuming a run directory: kill -9 then the same command (the same W&B run, offline), finished
+runs left alone, a corrupted checkpoint, fresh=true."""
 
-import os
 import random
 import signal
 import subprocess
@@ -19,7 +19,7 @@ from experiments.schema import register
 
 ROOT = Path(__file__).resolve().parent.parent
 OVERRIDES = ["data.train_limit=2000", "data.test_limit=300", "train.epochs=4", "train.batch_size=40",
-             "logger=disabled", "eval.figures=false", "eval.reconstruction=false"]
+             "logger=offline", "eval.figures=false", "eval.reconstruction=false"]
 TINY = ["data.train_limit=400", "data.test_limit=100", "train.batch_size=100", "eval.reconstruction=false"]
 
 
@@ -33,11 +33,11 @@ def epochs_logged(run_dir):
     return [p["epoch"] for p in tracking.read_metrics(run_dir) if "epoch_seconds" in p]
 
 
-def test_kill_9_mid_training_then_the_same_command_gives_identical_metrics(tmp_path):
+def test_kill_9_mid_training_then_the_same_command_gives_identical_metrics(tmp_path, monkeypatch):
     run_dir = tmp_path / "killed"
     cmd = [sys.executable, str(ROOT / "experiments" / "train.py"), f"hydra.run.dir={run_dir}", *OVERRIDES]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            env={**os.environ, "WANDB_MODE": "disabled"})
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     kill_after = random.randint(1, 3)  # epochs logged; then a random moment inside the next epoch
     deadline = time.monotonic() + 240
     while len(epochs_logged(run_dir)) < kill_after and proc.poll() is None and time.monotonic() < deadline:
@@ -57,7 +57,10 @@ def test_kill_9_mid_training_then_the_same_command_gives_identical_metrics(tmp_p
     reference = train_and_evaluate(cfg, tmp_path / "uninterrupted", progress=False)
 
     assert resumed["status"] == "finished" and resumed.get("resumed_from_epoch", 0) <= len(logged)
-    assert stable([resumed]) == stable([reference])  # bit-identical final metrics
+    assert stable([resumed]) == stable([{**reference, "wandb_id": resumed["wandb_id"]}])  # bit-identical
+    assert resumed["wandb_id"] == at_kill["wandb_id"] != reference["wandb_id"]  # the same W&B run, resumed
+    offline_runs = sorted((run_dir / "wandb").glob("offline-run-*"))  # `wandb sync` joins them
+    assert [r.name[-8:] for r in offline_runs] == [resumed["wandb_id"]] * 2
     assert epochs_logged(run_dir) == [1, 2, 3, 4]  # none duplicated or missing
     assert stable(tracking.read_metrics(run_dir)) == stable(tracking.read_metrics(tmp_path / "uninterrupted"))
 
