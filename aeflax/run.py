@@ -11,6 +11,7 @@ over. One process at a time holds it (a lock file).
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shutil
@@ -20,10 +21,23 @@ from typing import Any, Optional
 
 from aeflax import data
 from aeflax.config import ConfigError, validate
-from aeflax.tracking import METRICS, SUMMARY, RunLock, RunRecord, WandbRun, read_metrics, read_summary
+from aeflax.tracking import (
+    METRICS,
+    SUMMARY,
+    RunLock,
+    RunRecord,
+    WandbRun,
+    read_metrics,
+    read_summary,
+    write_json_atomic,
+)
 
 logging.getLogger("absl").setLevel(logging.WARNING)  # orbax logs every save at INFO
 log = logging.getLogger(__name__)
+
+SETTINGS = "settings.json"  # the options that decide the numbers of the run in this directory
+# options that do not change the trained numbers, so a run may resume or be skipped across them
+NOT_SETTINGS = ("fresh", "name", "objective", "logger.", "eval.", "train.checkpoint_every", "data.data_dir")
 
 
 def process_start_time() -> float:
@@ -74,6 +88,8 @@ def train_and_evaluate(cfg, workdir, *, config_dict: Optional[dict] = None, grou
             if not finished:  # never overwrite a finished record with a typo's failure
                 _record_failure(record, summary, err, started, None)
             raise
+        if not cfg.fresh:
+            check_same_settings(workdir, settings(cfg))
         if finished and not cfg.fresh:
             log.info("%s already finished; returning its summary (fresh=true runs it again)", workdir)
             return previous
@@ -117,6 +133,7 @@ def _train(cfg, dataset: data.Dataset, workdir: Path, record: RunRecord, tracker
         summary["resumed_from_epoch"] = last
         log.info("resuming %s from the checkpoint of epoch %d", workdir, last)
     record.truncate_after(last or 0)  # points logged after the checkpoint are logged again
+    write_json_atomic(workdir / SETTINGS, settings(cfg))  # from now on the directory holds this run
     earlier = read_metrics(workdir)  # the epochs before the checkpoint, one point each
     summary["time/startup_seconds"] = time.time() - started
 
@@ -167,8 +184,37 @@ def clear(workdir: Path) -> None:
 
     shutil.rmtree(workdir / checkpoint.DIRNAME, ignore_errors=True)
     shutil.rmtree(workdir / "figures", ignore_errors=True)
-    for name in (SUMMARY, METRICS, checkpoint.DIGESTS):
+    for name in (SUMMARY, METRICS, SETTINGS, checkpoint.DIGESTS):
         (workdir / name).unlink(missing_ok=True)
+
+
+def settings(cfg) -> dict:
+    """The options that decide a run's numbers, flat: {"train.epochs": 10, ...}."""
+    from omegaconf import OmegaConf
+
+    tree = OmegaConf.to_container(cfg if OmegaConf.is_config(cfg) else OmegaConf.structured(cfg),
+                                  resolve=True)
+
+    def flat(node, prefix=""):
+        if isinstance(node, dict):
+            return {k: v for key, child in node.items() for k, v in flat(child, f"{prefix}{key}.").items()}
+        return {prefix[:-1]: node}
+
+    return {k: v for k, v in flat(tree).items() if not k.startswith(NOT_SETTINGS)}
+
+
+def check_same_settings(workdir: Path, ours: dict) -> None:
+    """A run directory holds one configuration: refuse to resume or skip a run of another."""
+    try:
+        theirs = json.loads((workdir / SETTINGS).read_text())
+    except (OSError, ValueError):
+        return
+    changed = [f"{k}: {theirs.get(k)!r} -> {ours.get(k)!r}" for k in sorted(set(ours) | set(theirs))
+               if ours.get(k) != theirs.get(k)]
+    if changed:
+        shown = ", ".join(changed[:3]) + (f" and {len(changed) - 3} more" if len(changed) > 3 else "")
+        raise ConfigError(f"{workdir} holds a run with other settings ({shown}); run again with fresh=true "
+                          "to replace it, or choose another output directory (hydra.run.dir=...)")
 
 
 def _record_failure(record: RunRecord, summary: dict, err: BaseException, started: float,
