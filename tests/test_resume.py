@@ -14,6 +14,7 @@ from hydra import compose, initialize_config_dir
 
 from aeflax import tracking
 from aeflax.checkpoint import CheckpointError
+from aeflax.config import ConfigError
 from aeflax.run import train_and_evaluate
 from experiments.schema import register
 
@@ -54,11 +55,13 @@ def test_kill_9_mid_training_then_the_same_command_gives_identical_metrics(tmp_p
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
         cfg = compose(config_name="config", overrides=OVERRIDES)  # the command's own config
     resumed = train_and_evaluate(cfg, run_dir, progress=False)
-    reference = train_and_evaluate(cfg, tmp_path / "uninterrupted", progress=False)
+    quiet = cfg.copy()
+    quiet.logger.mode = "disabled"  # W&B does not change the numbers
+    reference = train_and_evaluate(quiet, tmp_path / "uninterrupted", progress=False)
 
     assert resumed["status"] == "finished" and resumed.get("resumed_from_epoch", 0) <= len(logged)
     assert stable([resumed]) == stable([{**reference, "wandb_id": resumed["wandb_id"]}])  # bit-identical
-    assert resumed["wandb_id"] == at_kill["wandb_id"] != reference["wandb_id"]  # the same W&B run, resumed
+    assert resumed["wandb_id"] == at_kill["wandb_id"] is not None  # the same W&B run, resumed
     offline_runs = sorted((run_dir / "wandb").glob("offline-run-*"))  # `wandb sync` joins them
     assert [r.name[-8:] for r in offline_runs] == [resumed["wandb_id"]] * 2
     assert epochs_logged(run_dir) == [1, 2, 3, 4]  # none duplicated or missing
@@ -80,12 +83,16 @@ def test_points_after_the_checkpoint_and_cut_short_lines_are_dropped_on_resume(t
     assert tracking.read_metrics(tmp_path) == []
 
 
-def test_finished_runs_are_left_alone_corruption_is_an_error_and_fresh_starts_over(tmp_path):
+def test_finished_runs_are_left_alone_other_settings_and_corruption_are_errors_fresh_starts_over(tmp_path):
     cfg = make_cfg("train.epochs=2", *TINY)
     first = train_and_evaluate(cfg, tmp_path, progress=False)
     files = {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in tmp_path.rglob("*")
              if p.is_file() and p.name != ".lock"}
     assert train_and_evaluate(cfg, tmp_path, progress=False) == first  # skipped: files untouched
+    other = make_cfg("train.epochs=2", "optimizer.learning_rate=0.002", *TINY)
+    with pytest.raises(ConfigError, match=r"holds a run with other settings \(optimizer.learning_rate: "
+                                          r"0.001 -> 0.002\); run again with fresh=true"):
+        train_and_evaluate(other, tmp_path, progress=False)  # neither skipped nor resumed with it
     assert {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in files} == files
 
     tracking.write_json_atomic(tmp_path / "summary.json", {**first, "status": "running"})  # as if killed
