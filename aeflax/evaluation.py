@@ -16,6 +16,7 @@ them (same binarization and noise keys), so the numbers sit beside the run's own
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 import warnings
@@ -252,7 +253,7 @@ def denoiser(cfg, model, state) -> Callable:
 # --- the whole evaluation of a run -----------------------------------------------------
 
 def _skip(what: str, why: str) -> None:
-    warnings.warn(f"{what} skipped: {why}", stacklevel=3)
+    logging.getLogger(__name__).warning(f"{what} skipped: {why}")
 
 
 def evaluate_run(cfg, result, dataset, workdir: Path, tracker, also_log: Optional[dict] = None) -> dict:
