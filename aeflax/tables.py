@@ -153,6 +153,15 @@ def load_wandb_runs(path: str, group: Optional[str] = None, api=None) -> pd.Data
     return frame
 
 
+def load(sweeps: Sequence, wandb: Optional[str] = None, group: Optional[str] = None) -> pd.DataFrame:
+    """The runs a command line names: W&B project `wandb` (and `group`), else the sweep directories."""
+    if wandb:
+        return load_wandb_runs(wandb, group=group)
+    if not sweeps:
+        raise TableError("give sweep directories (multirun/<name>) or --wandb ENTITY/PROJECT")
+    return load_runs(sweeps)
+
+
 # ---------------------------------------------------------------- grouping
 
 

@@ -42,12 +42,7 @@ def split(keys: str) -> list[str]:
 
 
 def make(args: argparse.Namespace) -> str:
-    if args.wandb:
-        runs = tables.load_wandb_runs(args.wandb, group=args.group)
-    elif args.sweeps:
-        runs = tables.load_runs(args.sweeps)
-    else:
-        raise tables.TableError("give sweep directories (multirun/<name>) or --wandb ENTITY/PROJECT")
+    runs = tables.load(args.sweeps, args.wandb, args.group)
     cols = split(args.cols)
     rows = split(args.rows) if args.rows is not None else \
         [k for k in tables.swept_keys(runs) if k != "seed" and k not in cols]

@@ -78,12 +78,7 @@ def plot(curves: dict[str, pd.DataFrame], x: str, line: str, metric: str, out: P
 def main(argv=None) -> int:
     args = parse_args(argv)
     try:
-        if args.wandb:
-            runs = tables.load_wandb_runs(args.wandb, group=args.group)
-        elif args.sweeps:
-            runs = tables.load_runs(args.sweeps)
-        else:
-            raise tables.TableError("give sweep directories or --wandb ENTITY/PROJECT")
+        runs = tables.load(args.sweeps, args.wandb, args.group)
         for warning in tables.check_metrics(runs, [args.metric]):
             print(f"warning: {warning}", file=sys.stderr)
         curves = lines(runs, args.x, args.line, args.metric)
