@@ -19,7 +19,7 @@ def build(model_cfg, bottleneck_cfg, image_shape, rngs: nnx.Rngs) -> Autoencoder
         encoder = DenseEncoder(image_shape, list(m.hidden), m.activation, rngs, m.init)
     else:
         encoder = ConvEncoder(image_shape, list(m.conv.channels), m.conv.kernel_size, m.conv.stride,
-                              m.activation, rngs, m.init)
+                              m.activation, rngs, m.init, impl=m.conv.impl)
     map_channels = encoder.out_shape[-1] if m.architecture == "conv" else 0
     bottleneck, code_size = _bottleneck(b, encoder.out_features, map_channels, rngs, m.init)
     if m.architecture == "dense":
@@ -27,7 +27,7 @@ def build(model_cfg, bottleneck_cfg, image_shape, rngs: nnx.Rngs) -> Autoencoder
         decoder = DenseDecoder(code_size, image_shape, dec_hidden, m.activation, rngs, m.init)
     else:
         decoder = ConvDecoder(code_size, image_shape, list(m.conv.channels), m.conv.kernel_size,
-                              m.conv.stride, m.activation, rngs, m.init)
+                              m.conv.stride, m.activation, rngs, m.init, impl=m.conv.impl)
     return Autoencoder(encoder, bottleneck, decoder, m.output_activation)
 
 
