@@ -180,6 +180,13 @@ def check_keys(runs: pd.DataFrame, keys: Sequence[str], option: str) -> None:
                              f"{varying} (any config key works, dotted: bottleneck.code_size)")
 
 
+def pooled(runs: pd.DataFrame, keys: Sequence[str]) -> list[str]:
+    """A warning line for each swept key (the seed aside) left out of `keys`: its runs share cells."""
+    values = lambda k: ", ".join(map(str, _sorted(_unique(runs[k].tolist()))))  # noqa: E731
+    return [f"the cells pool runs of different {k} ({values(k)}); add it to --rows or --cols to keep them "
+            "apart" for k in swept_keys(runs) if k != "seed" and k not in keys]
+
+
 def check_metrics(runs: pd.DataFrame, metrics: Sequence[str]) -> list[str]:
     """Raise if no run has a metric; return a warning line for each metric some finished runs lack."""
     warnings = []

@@ -46,9 +46,10 @@ def make(args: argparse.Namespace) -> str:
     cols = split(args.cols)
     rows = split(args.rows) if args.rows is not None else \
         [k for k in tables.swept_keys(runs) if k != "seed" and k not in cols]
-    for warning in tables.check_metrics(runs, args.metric):
-        print(f"warning: {warning}", file=sys.stderr)
+    warnings = tables.check_metrics(runs, args.metric)
     table, bold, long = tables.build(runs, rows, cols, args.metric, goal=args.goal, digits=args.digits)
+    for warning in warnings + tables.pooled(runs, rows + cols):
+        print(f"warning: {warning}", file=sys.stderr)
     if args.format == "csv":
         return tables.to_csv(long)
     if args.format == "latex":

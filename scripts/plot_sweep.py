@@ -79,9 +79,10 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     try:
         runs = tables.load(args.sweeps, args.wandb, args.group)
-        for warning in tables.check_metrics(runs, [args.metric]):
-            print(f"warning: {warning}", file=sys.stderr)
+        warnings = tables.check_metrics(runs, [args.metric])
         curves = lines(runs, args.x, args.line, args.metric)
+        for warning in warnings + tables.pooled(runs, [args.x, args.line] if args.line else [args.x]):
+            print(f"warning: {warning}", file=sys.stderr)
     except tables.TableError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -113,8 +113,12 @@ def test_make_table_cli_writes_each_format(tmp_path, capsys):
     assert csv.columns.tolist()[:3] == ["variant", "bottleneck.code_size", "metric"]
     row = csv[(csv["variant"] == "ae") & (csv["bottleneck.code_size"] == 8)].iloc[0]
     assert row["mean"] == pytest.approx(0.013, abs=1e-15) and row["n"] == 3
+    capsys.readouterr()
     assert make_table.main([str(sweep), "--format", "latex", "--rows", "variant"]) == 0
-    assert capsys.readouterr().out.startswith("% test/mse")
+    captured = capsys.readouterr()
+    assert captured.out.startswith("% test/mse") and "(6)" in captured.out  # 3 seeds x 2 code sizes
+    assert captured.err == ("warning: the cells pool runs of different bottleneck.code_size (8, 32); "
+                            "add it to --rows or --cols to keep them apart\n")
 
 
 @pytest.mark.parametrize("argv,message", [
