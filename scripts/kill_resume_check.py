@@ -15,7 +15,6 @@ Prints one line per trial and exits non-zero if any fails.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import random
 import shutil
@@ -27,6 +26,10 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from aeflax.tracking import read_metrics, read_summary  # noqa: E402
+
 DEFAULTS = ["data.train_limit=4000", "data.test_limit=1000", "train.epochs=8", "train.batch_size=32",
             "train.checkpoint_every=1", "logger=offline", "eval.figures=false"]
 VOLATILE = ("seconds", "resumed_from_epoch")  # keys that may differ between identical runs
@@ -38,26 +41,6 @@ def command(run_dir: Path, overrides: list[str]) -> list[str]:
 
 def stable(point: dict) -> dict:
     return {k: v for k, v in point.items() if not any(s in k for s in VOLATILE)}
-
-
-def read_points(run_dir: Path) -> list[dict]:
-    path = run_dir / "metrics.jsonl"
-    if not path.exists():
-        return []
-    points = []
-    for line in path.read_text().splitlines():
-        try:
-            points.append(json.loads(line))
-        except json.JSONDecodeError:
-            points.append({"cut_short": True})
-    return points
-
-
-def summary(run_dir: Path) -> dict:
-    try:
-        return json.loads((run_dir / "summary.json").read_text())
-    except (OSError, json.JSONDecodeError):
-        return {}
 
 
 def first_epoch_done(run_dir: Path) -> bool:
@@ -73,7 +56,7 @@ def run(run_dir: Path, overrides: list[str], env: dict) -> float:
     while proc.poll() is None:
         if first is None and first_epoch_done(run_dir):
             first = time.monotonic()
-        if finished is None and summary(run_dir).get("status") == "finished":
+        if finished is None and (read_summary(run_dir) or {}).get("status") == "finished":
             finished = time.monotonic()
         time.sleep(0.01)
     if proc.returncode != 0 or first is None:
@@ -95,26 +78,26 @@ def start_and_kill(run_dir: Path, overrides: list[str], env: dict, epochs: int, 
         time.sleep(delay)
         proc.send_signal(signal.SIGKILL)
         proc.wait()
-        if summary(run_dir).get("status") != "finished":
+        if (read_summary(run_dir) or {}).get("status") != "finished":
             return after, delay
 
 
 def epoch_points(run_dir: Path) -> list[dict]:
-    return [p for p in read_points(run_dir) if "epoch_seconds" in p or "cut_short" in p]
+    return [p for p in read_metrics(run_dir) if "epoch_seconds" in p]  # not the end-of-run evaluation
 
 
 def trial(i: int, run_dir: Path, overrides: list[str], env: dict, epoch_wall: float, rng: random.Random,
           reference: dict, reference_points: list[dict]) -> bool:
     after, delay = start_and_kill(run_dir, overrides, env, len(reference_points), epoch_wall, rng)
-    at_kill = summary(run_dir)
-    logged = [p.get("epoch", "cut short") for p in epoch_points(run_dir)]
+    at_kill = read_summary(run_dir) or {}
+    logged = [p["epoch"] for p in epoch_points(run_dir)]
     ckpts = sorted((run_dir / "checkpoints").glob("[0-9]*"), key=lambda p: (len(p.name), p.name))
     ckpts = [p.name.replace(".orbax-checkpoint-tmp", " (half-written)") for p in ckpts]
     wandb_before = at_kill.get("wandb_id")
 
     resumed = subprocess.run(command(run_dir, overrides), env=env, capture_output=True, text=True)
-    final = summary(run_dir)
-    points = [p for p in read_points(run_dir) if "epoch_seconds" in p]
+    final = read_summary(run_dir) or {}
+    points = epoch_points(run_dir)
     problems = []
     if resumed.returncode != 0:
         problems.append(f"resume exited {resumed.returncode}: {resumed.stderr.strip().splitlines()[-1:]}")
@@ -158,7 +141,7 @@ def main() -> int:
     print(f"workdir {workdir}; kill-time seed {seed}; overrides {' '.join(overrides)}", flush=True)
 
     window = run(workdir / "reference", overrides, env)
-    reference = summary(workdir / "reference")
+    reference = read_summary(workdir / "reference") or {}
     reference_points = epoch_points(workdir / "reference")
     epoch_wall = window / max(1, len(reference_points) - 1)
     print(f"reference: {len(reference_points)} epochs, test/loss {reference.get('test/loss')!r}, "
