@@ -82,6 +82,18 @@ def sample(key, mean, logvar, num: int | None = None):
 
 # --- vector quantization (van den Oord et al. 2017) ------------------------------------
 
+def nearest(z_e, codebook):
+    """Indices of the nearest codebook entries (squared Euclidean) and the entries: z_q like z_e."""
+    dist = jnp.sum(z_e**2, -1, keepdims=True) - 2 * z_e @ codebook.T + jnp.sum(codebook**2, -1)
+    idx = jnp.argmin(dist, axis=-1)
+    return idx, codebook[idx]
+
+
+def straight_through(z_e, z_q):
+    """The value of z_q with the gradient of z_e: the decoder's gradient passes to the encoder."""
+    return z_e + jax.lax.stop_gradient(z_q - z_e)
+
+
 class EMA(nnx.Variable):
     """State updated by exponential moving averages, never by the optimizer (not an nnx.Param)."""
 
@@ -124,16 +136,9 @@ class VectorQuantized(nnx.Module):
             return self.pre(h)
         return self.pre(h.reshape(h.shape[0], -1)).reshape(h.shape[0], -1, self.embedding_dim)
 
-    def quantize(self, z_e):
-        """Nearest codebook entries: (indices [B, ...], z_q shaped like z_e)."""
-        e = self.codebook[...]
-        dist = (jnp.sum(z_e**2, -1, keepdims=True) - 2 * z_e @ e.T + jnp.sum(e**2, -1))
-        idx = jnp.argmin(dist, axis=-1)
-        return idx, e[idx]
-
     def __call__(self, h, *, key=None, train: bool = False):
         z_e = self.vectors(h)
-        idx, z_q = self.quantize(z_e)
+        idx, z_q = nearest(z_e, self.codebook[...])
         sg = jax.lax.stop_gradient
         per_image = lambda t: jnp.mean(t.reshape(t.shape[0], -1), axis=-1)
         commitment = per_image((z_e - sg(z_q)) ** 2)
@@ -142,7 +147,7 @@ class VectorQuantized(nnx.Module):
         if train and self.ema_decay > 0:
             self.ema_update(onehot, sg(z_e).reshape(-1, self.embedding_dim))
         probs = jnp.mean(onehot, axis=0)
-        z = z_e + sg(z_q - z_e)  # straight-through estimator
+        z = straight_through(z_e, z_q)
         if self.post is not None:
             z = self.post(z)
         code = z if self.spatial else z.reshape(z.shape[0], -1)
