@@ -21,10 +21,10 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from omegaconf import OmegaConf  # noqa: E402
+from omegaconf.errors import OmegaConfBaseException  # noqa: E402
 
 CONF = Path(__file__).resolve().parent.parent / "conf"
-USER_ERRORS = ("ConfigError", "DataError", "CheckpointError", "FileNotFoundError", "ConfigKeyError",
-               "ValidationError")
+USER_ERRORS = ("ConfigError", "DataError", "CheckpointError", "FileNotFoundError")
 
 
 def eval_option(name: str):
@@ -91,7 +91,7 @@ def main(argv=None) -> dict:
     try:
         metrics = evaluate(args.run_dir, args.overrides)
     except Exception as err:
-        if type(err).__name__ not in USER_ERRORS:
+        if type(err).__name__ not in USER_ERRORS and not isinstance(err, OmegaConfBaseException):
             raise
         print(f"error: {str(err).strip().splitlines()[0]}", file=sys.stderr)
         sys.exit(1)
