@@ -144,7 +144,7 @@ def load_wandb_runs(path: str, group: Optional[str] = None, api=None) -> pd.Data
     records = []
     for run in runs:
         config = {k: v for k, v in dict(run.config).items() if not k.startswith("_")}
-        summary = dict(run.summary)
+        summary = dict(getattr(run, "summary_metrics", None) or run.summary)  # a plain dict in the API
         summary.setdefault("status", {"finished": "finished", "crashed": "failed",
                                       "failed": "failed"}.get(run.state, "unfinished"))
         records.append(_record(flatten(config), summary, config.get("overrides", []), f"{path}/{run.id}"))
