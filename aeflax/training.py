@@ -24,7 +24,7 @@ import numpy as np
 import optax
 from flax import nnx, struct
 
-from aeflax import corruption, objectives
+from aeflax import corruption, objectives, parallel
 from aeflax.models import Autoencoder, build
 
 Metrics = dict[str, float]
@@ -148,10 +148,11 @@ def prepare_batch(images, idx, key, hp, cfg, base_noise_key):
     return corruption.corrupt(cfg.noise.kind, keys, x, hp["noise_std"], hp["noise_prob"]), x
 
 
-def make_train_epoch(graphdef, cfg, num_train: int) -> Callable:
+def make_train_epoch(graphdef, cfg, num_train: int, batch_sharding=None) -> Callable:
     """`train_epoch(state, images, hp) -> (state, metrics)`: one epoch as one lax.scan.
 
-    Not jitted here, so callers can wrap it in jit, vmap or shard it.
+    Not jitted here, so callers can wrap it in jit, vmap or shard it. With
+    `batch_sharding` (see aeflax.parallel) every batch is split across devices.
     """
     batch_size = min(cfg.train.batch_size, num_train)
     n_steps = steps_per_epoch(num_train, batch_size)
@@ -168,6 +169,8 @@ def make_train_epoch(graphdef, cfg, num_train: int) -> Callable:
         k_batch, k_loss = jax.random.split(key)
         base_noise_key = jax.random.fold_in(jax.random.wrap_key_data(state.key), NOISE_STREAM)
         x_in, x = prepare_batch(images, idx, k_batch, hp, cfg, base_noise_key)
+        if batch_sharding is not None:
+            x_in, x = (jax.lax.with_sharding_constraint(a, batch_sharding) for a in (x_in, x))
         hp_step = dict(hp, kl_weight=kl_weight(hp, state.step))
         grads, (metrics, other) = jax.grad(loss_fn, has_aux=True)(
             state.params, state.other, x_in, x, k_loss, hp_step)
@@ -262,14 +265,17 @@ def fit(cfg, dataset, *, state: Optional[TrainState] = None, graphdef=None,
         trained = _TRAINED.pop(config_key(cfg), None)
         if trained is not None:
             return _replay(trained, on_epoch)
-    train_images = jax.device_put(dataset.train.images)
+    batch_size = min(cfg.train.batch_size, len(dataset.train))
+    mesh = parallel.data_mesh(batch_size)  # None on one device
+    train_images = parallel.replicate(dataset.train.images, mesh)
     eval_name, eval_split = dataset.eval_split
-    eval_images = jax.device_put(eval_split.images)
-    n_steps = steps_per_epoch(len(dataset.train), min(cfg.train.batch_size, len(dataset.train)))
+    eval_images = parallel.replicate(eval_split.images, mesh)
+    n_steps = steps_per_epoch(len(dataset.train), batch_size)
     if state is None:
         graphdef, state = init_state(cfg, dataset.image_shape, n_steps)
-    hp = hyperparameters(cfg, n_steps)
-    train_epoch = jax.jit(make_train_epoch(graphdef, cfg, len(dataset.train)), donate_argnums=0)
+    state, hp = parallel.replicate((state, hyperparameters(cfg, n_steps)), mesh)
+    sharding = parallel.batched(mesh) if mesh is not None else None
+    train_epoch = jax.jit(make_train_epoch(graphdef, cfg, len(dataset.train), sharding), donate_argnums=0)
     evaluate = jax.jit(make_evaluate(graphdef, cfg, len(eval_split), eval_name))
 
     history: list[Metrics] = []
