@@ -186,7 +186,7 @@ def test_inputs(cfg, key, images, idx):
     return corruption.corrupt(cfg.noise.kind, nkeys, x, std, prob), x
 
 
-def test_terms(cfg, model, state, images) -> dict:
+def test_terms(cfg, model, state, images, with_ssim: bool = True) -> dict:
     """Per-image terms on the test inputs: the objective's terms, SSIM, and q(z|x) for VAEs."""
     key = eval_key(state)
     bs = min(cfg.train.eval_batch_size, len(images))
@@ -195,10 +195,12 @@ def test_terms(cfg, model, state, images) -> dict:
     def fn(model, xb, idx):
         x_in, x = test_inputs(cfg, key, xb, idx)
         terms = objectives.eval_terms(model, x_in, x, jax.random.fold_in(key, idx[0] // bs), cfg)
-        out = model(x_in, train=False)
-        terms["ssim"] = ssim(out["recon"], x)
-        if variational:
-            terms.update(mean=out["mean"], logvar=out["logvar"])
+        if with_ssim or variational:  # a second pass: eval_terms keeps its outputs to itself
+            out = model(x_in, train=False)
+            if with_ssim:
+                terms["ssim"] = ssim(out["recon"], x)
+            if variational:
+                terms.update(mean=out["mean"], logvar=out["logvar"])
         return terms
 
     return batched(fn, model, (images, np.arange(len(images))), bs, "test terms")
@@ -272,7 +274,7 @@ def evaluate_run(cfg, result, dataset, workdir: Path, tracker, also_log: Optiona
     paths: dict[str, Path] = {}
     terms = None
     if ev.reconstruction or ev.anomaly or variational:
-        terms = test_terms(cfg, model, state, test.images)
+        terms = test_terms(cfg, model, state, test.images, with_ssim=ev.reconstruction)
     if ev.reconstruction:
         metrics["test/ssim"] = float(np.mean(terms["ssim"]))
         metrics["test/bce_per_image"] = float(np.mean(terms["bce"]) * math.prod(dataset.image_shape))
