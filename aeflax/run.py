@@ -134,7 +134,7 @@ def _train(cfg, dataset: data.Dataset, workdir: Path, record: RunRecord, tracker
         log.info("resuming %s from the checkpoint of epoch %d", workdir, last)
     record.truncate_after(last or 0)  # points logged after the checkpoint are logged again
     write_json_atomic(workdir / SETTINGS, settings(cfg))  # from now on the directory holds this run
-    earlier = read_metrics(workdir)  # the epochs before the checkpoint, one point each
+    earlier = [p for p in read_metrics(workdir) if "epoch_seconds" in p]  # fit's points before the checkpoint
     summary["time/startup_seconds"] = time.time() - started
 
     def on_epoch(epoch, metrics, state):
