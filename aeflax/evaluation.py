@@ -39,7 +39,7 @@ LIKELIHOOD_STREAM, DENOISE_STREAM, SAMPLE_STREAM = 2**30 + 10, 2**30 + 11, 2**30
 
 
 # --- metrics of arrays -----------------------------------------------------------------
-# scikit-learn runs on one BLAS thread: beside JAX's threads, more made lbfgs ~100x slower here
+# (scikit-learn runs on one BLAS thread: beside JAX's threads, more made lbfgs ~100x slower here)
 
 def psnr(recon, x):
     """PSNR in dB per image for images in [0, 1]: 10 log10(1 / MSE)."""
@@ -263,13 +263,13 @@ def evaluate_run(cfg, result, dataset, workdir: Path, tracker, also_log: Optiona
 
     `result` has `.model` and `.state` (a training.FitResult). Metrics use slash names;
     figures go to workdir/figures and to W&B under figures/<name>; `also_log` joins the
-    logged point. The time each use took is returned as time/eval/<use>_seconds.
+    logged point. The time each long use took is returned as time/eval/<use>_seconds.
     """
     started = time.perf_counter()
     ev, workdir = cfg.eval, Path(workdir)
     model, state, test = result.model, result.state, dataset.test
     variational = cfg.bottleneck.kind == "gaussian"
-    figdir = workdir / "figures"
+    figdir = workdir / "figures" if ev.figures else None
     metrics: dict = {}
     paths: dict[str, Path] = {}
     terms = None
@@ -278,61 +278,19 @@ def evaluate_run(cfg, result, dataset, workdir: Path, tracker, also_log: Optiona
     if ev.reconstruction:
         metrics["test/ssim"] = float(np.mean(terms["ssim"]))
         metrics["test/bce_per_image"] = float(np.mean(terms["bce"]) * math.prod(dataset.image_shape))
-
     if variational:
-        metrics["test/active_units"] = active_units(terms["mean"])
-        kl = kl_per_dim(terms["mean"], terms["logvar"])
-        metrics["test/kl_per_dim"] = [float(v) for v in kl]
-        if ev.figures:
-            paths["kl_per_dim"] = figures.bars(kl, figdir / "kl_per_dim.png", "latent dimension",
-                                               "KL(q(z_u|x) || p(z_u)) [nats]")
-        if ev.likelihood:
-            t0 = time.perf_counter()
-            n = ev.likelihood_limit or len(test)
-            nll = likelihood_nll(cfg, model, state, test.images[:n])
-            metrics[f"test/nll_k{ev.importance_samples}"] = float(np.mean(nll))
-            metrics["time/eval/likelihood_seconds"] = time.perf_counter() - t0
+        likelihood_metrics(cfg, model, state, test, terms, metrics, paths, figdir)
     elif ev.likelihood:
         _skip("eval.likelihood", f"needs a VAE-family model (bottleneck=gaussian), not {cfg.bottleneck.kind}")
-
     if ev.denoising_levels:
-        rows, denoise = [], denoiser(cfg, model, state)
-        for level in ev.denoising_levels:
-            d = denoise(test.images, float(level))
-            at = f"@{float(level):g}"
-            metrics.update({f"denoise/psnr{at}": float(np.mean(d["psnr"])),
-                            f"denoise/mse{at}": float(np.mean(d["mse"])),
-                            f"denoise/noisy_psnr{at}": float(np.mean(d["noisy_psnr"])),
-                            f"denoise/psnr_gain{at}": float(np.mean(d["psnr"] - d["noisy_psnr"]))})
-            rows += [(f"noisy {level:g}", d["noisy"][:8]), (f"denoised {level:g}", d["recon"][:8])]
-        if ev.figures:
-            rows.insert(0, ("clean", d["clean"][:8]))
-            paths["denoising"] = figures.image_rows(rows, figdir / "denoising.png",
-                                                    f"{ev.denoising_kind} noise: before / after")
-
+        denoising_metrics(cfg, model, state, test, metrics, paths, figdir)
     if ev.anomaly:
-        if cfg.data.normal_class is None:
-            _skip("eval.anomaly", "needs a one-class run (data.normal_class=<class>)")
-        else:
-            kind = ev.anomaly_score if ev.anomaly_score != "auto" else ("elbo" if variational else "recon")
-            if kind == "elbo" and not variational:
-                _skip("eval.anomaly_score=elbo", "needs a VAE; scoring by reconstruction error")
-                kind = "recon"
-            scores = -terms["elbo"] if kind == "elbo" else terms["mse"]
-            is_anomaly = test.labels != cfg.data.normal_class
-            metrics["anomaly/auroc"] = auroc(is_anomaly, scores)
-            if ev.figures:
-                paths["anomaly_scores"] = figures.score_histogram(
-                    scores, is_anomaly, figdir / "anomaly_scores.png",
-                    f"normal class {cfg.data.normal_class}: {'-ELBO' if kind == 'elbo' else 'MSE'} "
-                    f"(AUROC {metrics['anomaly/auroc']:.3f})")
-
+        anomaly_metrics(cfg, test, terms, metrics, paths, figdir)
     if ev.probe:
         t0 = time.perf_counter()
         metrics.update(probe(cfg, model, dataset))
         metrics["time/eval/probe_seconds"] = (time.perf_counter() - t0
                                               - metrics.get("time/eval/raw_probe_seconds", 0.0))
-
     if ev.figures:
         paths.update(pictures(cfg, model, state, dataset, figdir))
 
@@ -345,6 +303,60 @@ def evaluate_run(cfg, result, dataset, workdir: Path, tracker, also_log: Optiona
         for name, path in paths.items():
             tracker.log_image(f"figures/{name}", path, step=epoch)
     return metrics
+
+
+def likelihood_metrics(cfg, model, state, test, terms, metrics, paths, figdir) -> None:
+    """VAE family: active units and KL per dimension (always, cheap); the IS-NLL when asked."""
+    ev = cfg.eval
+    metrics["test/active_units"] = active_units(terms["mean"])
+    kl = kl_per_dim(terms["mean"], terms["logvar"])
+    metrics["test/kl_per_dim"] = [float(v) for v in kl]
+    if figdir:
+        paths["kl_per_dim"] = figures.bars(kl, figdir / "kl_per_dim.png", "latent dimension",
+                                           "KL(q(z_u|x) || p(z_u)) [nats]")
+    if ev.likelihood:
+        t0 = time.perf_counter()
+        nll = likelihood_nll(cfg, model, state, test.images[:ev.likelihood_limit or len(test)])
+        metrics[f"test/nll_k{ev.importance_samples}"] = float(np.mean(nll))
+        metrics["time/eval/likelihood_seconds"] = time.perf_counter() - t0
+
+
+def denoising_metrics(cfg, model, state, test, metrics, paths, figdir) -> None:
+    """Per noise level: PSNR / MSE of the denoised image and the noisy input's own PSNR."""
+    rows, denoise = [], denoiser(cfg, model, state)
+    for level in cfg.eval.denoising_levels:
+        d = denoise(test.images, float(level))
+        at = f"@{float(level):g}"
+        metrics.update({f"denoise/psnr{at}": float(np.mean(d["psnr"])),
+                        f"denoise/mse{at}": float(np.mean(d["mse"])),
+                        f"denoise/noisy_psnr{at}": float(np.mean(d["noisy_psnr"])),
+                        f"denoise/psnr_gain{at}": float(np.mean(d["psnr"] - d["noisy_psnr"]))})
+        rows += [(f"noisy {level:g}", d["noisy"][:8]), (f"denoised {level:g}", d["recon"][:8])]
+    if figdir:
+        rows.insert(0, ("clean", d["clean"][:8]))
+        paths["denoising"] = figures.image_rows(rows, figdir / "denoising.png",
+                                                f"{cfg.eval.denoising_kind} noise: before / after")
+
+
+def anomaly_metrics(cfg, test, terms, metrics, paths, figdir) -> None:
+    """One-class AUROC: every test image not of data.normal_class is an anomaly."""
+    if cfg.data.normal_class is None:
+        _skip("eval.anomaly", "needs a one-class run (data.normal_class=<class>)")
+        return
+    variational = cfg.bottleneck.kind == "gaussian"
+    kind = cfg.eval.anomaly_score
+    kind = ("elbo" if variational else "recon") if kind == "auto" else kind
+    if kind == "elbo" and not variational:
+        _skip("eval.anomaly_score=elbo", "needs a VAE; scoring by reconstruction error")
+        kind = "recon"
+    scores = -terms["elbo"] if kind == "elbo" else terms["mse"]
+    is_anomaly = test.labels != cfg.data.normal_class
+    metrics["anomaly/auroc"] = auroc(is_anomaly, scores)
+    if figdir:
+        paths["anomaly_scores"] = figures.score_histogram(
+            scores, is_anomaly, figdir / "anomaly_scores.png",
+            f"normal class {cfg.data.normal_class}: {'-ELBO' if kind == 'elbo' else 'MSE'} "
+            f"(AUROC {metrics['anomaly/auroc']:.3f})")
 
 
 def probe(cfg, model, dataset) -> dict:
