@@ -147,16 +147,19 @@ def jit_model_fn(fn: Callable, model) -> Callable:
     return lambda *batch: jfn(state, *batch)
 
 
-def map_batches(f: Callable, arrays: tuple, batch_size: int, desc: Optional[str] = None) -> dict:
+def map_batches(f: Callable, arrays: tuple, batch_size: int, desc: Optional[str] = None,
+                long: bool = False) -> dict:
     """Apply `f(*batch) -> dict of [B, ...]` batch by batch and concatenate on the host.
 
     The tail batch is padded to the full size (one compiled shape) and cut afterwards.
-    Shows a progress bar when stderr is a terminal.
+    Shows a progress bar when stderr is a terminal, and always for `long` passes (into logs).
     """
     n = len(arrays[0])
     bs = min(batch_size, n)
     outs = []
-    for start in tqdm(range(0, n, bs), desc=desc, disable=None, leave=False, unit="batch"):
+    bar = tqdm(range(0, n, bs), desc=desc, disable=False if long else None, leave=long, unit="batch",
+               mininterval=10 if long else 0.1)
+    for start in bar:
         batch = [np.asarray(a[start:start + bs]) for a in arrays]
         m = len(batch[0])
         if m < bs:
@@ -165,9 +168,10 @@ def map_batches(f: Callable, arrays: tuple, batch_size: int, desc: Optional[str]
     return {k: np.concatenate([o[k] for o in outs]) for k in outs[0]}
 
 
-def batched(fn: Callable, model, arrays: tuple, batch_size: int, desc: Optional[str] = None) -> dict:
+def batched(fn: Callable, model, arrays: tuple, batch_size: int, desc: Optional[str] = None,
+            long: bool = False) -> dict:
     """`fn(model, *batch) -> dict of [B, ...]` jit-compiled and mapped over `arrays` in batches."""
-    return map_batches(jit_model_fn(fn, model), arrays, batch_size, desc)
+    return map_batches(jit_model_fn(fn, model), arrays, batch_size, desc, long)
 
 
 def eval_key(state):
@@ -224,7 +228,7 @@ def likelihood_nll(cfg, model, state, images) -> np.ndarray:
                                       ev.importance_chunk, cfg.loss.likelihood, cfg.loss.likelihood_std)}
 
     return batched(fn, model, (images, np.arange(len(images))), bs,
-                   f"NLL k={ev.importance_samples}")["nll"]
+                   f"NLL k={ev.importance_samples}", long=len(images) * ev.importance_samples > 10**6)["nll"]
 
 
 def denoiser(cfg, model, state) -> Callable:
