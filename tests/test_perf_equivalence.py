@@ -1,0 +1,153 @@
+"""The fast paths compute what the plain ones do: CPU convs, vectorized sweeps, several devices."""
+
+import json
+import os
+import subprocess
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from conftest import ROOT, make_cfg
+from flax import nnx
+
+from aeflax import training, vmap_sweep
+from aeflax.models import conv
+
+
+def strip(history):
+    return [{k: v for k, v in h.items() if "seconds" not in k} for h in history]
+
+
+def assert_histories_close(a, b, rtol=1e-5, atol=1e-6):
+    a, b = strip(a), strip(b)
+    assert [sorted(h) for h in a] == [sorted(h) for h in b]
+    for ha, hb in zip(a, b, strict=True):
+        for k in ha:
+            assert np.isclose(ha[k], hb[k], rtol=rtol, atol=atol), (k, ha[k], hb[k])
+
+
+# (height, kernel, stride, c_in, c_out): im2col (widening) and shift-add (narrowing) convs,
+# odd sizes, kernels larger / smaller than the stride
+SHAPES = [(28, 3, 2, 1, 16), (9, 5, 3, 2, 3), (8, 3, 2, 16, 1)]
+
+
+DN = ("NHWC", "HWIO", "NHWC")
+NATIVE = {"conv": lambda x, w, s: jax.lax.conv_general_dilated(x, w, (s, s), "SAME", dimension_numbers=DN),
+          "transpose": lambda x, w, s: jax.lax.conv_transpose(x, w, (s, s), "SAME", dimension_numbers=DN)}
+FAST = {"conv": lambda x, w, s: conv.conv_im2col(x, w, None, s),
+        "transpose": lambda x, w, s: conv.conv_transpose_phases(x, w, None, s)}
+
+
+@pytest.mark.parametrize("kind", ["conv", "transpose"])
+@pytest.mark.parametrize("h,k,s,c_in,c_out", SHAPES)
+def test_cpu_convs_equal_native_values_and_gradients(kind, h, k, s, c_in, c_out):
+    x = jax.random.normal(jax.random.key(h), (2, h, h + 1, c_in))
+    w = jax.random.normal(jax.random.key(k), (k, k, c_in, c_out)) / k
+    np.testing.assert_allclose(FAST[kind](x, w, s), NATIVE[kind](x, w, s), rtol=1e-5, atol=1e-5)
+    grads = [jax.grad(lambda x, w, f=f: jnp.sum(jnp.sin(f(x, w, s))), argnums=(0, 1))(x, w)
+             for f in (FAST[kind], NATIVE[kind])]
+    for a, b in zip(*grads, strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
+
+
+def test_layers_route_through_the_cpu_convs():
+    rngs = nnx.Rngs(0)
+    x = jax.random.normal(jax.random.key(1), (3, 14, 14, 4))
+    c = nnx.Conv(4, 6, (3, 3), strides=2, padding="SAME", rngs=rngs)
+    t = nnx.ConvTranspose(4, 6, (3, 3), strides=2, padding="SAME", rngs=rngs)
+    np.testing.assert_allclose(conv.apply_conv(c, x, "im2col"), c(x), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(conv.apply_conv_transpose(t, x, "im2col"), t(x), rtol=1e-5, atol=1e-5)
+
+
+def test_conv_impl_auto_is_native_off_cpu():
+    assert conv.resolve_impl("native") == "native"
+    assert conv.resolve_impl("auto") == ("im2col" if jax.default_backend() == "cpu" else "native")
+
+
+def test_conv_autoencoder_trains_the_same_with_either_impl(fmnist_small):
+    base = ("model.architecture=conv", "bottleneck.kind=identity", "train.epochs=2", "train.batch_size=64",
+            "data.train_limit=512", "data.test_limit=256")
+    small = replace(fmnist_small, train=fmnist_small.train.take(512), test=fmnist_small.test.take(256))
+    native = training.fit(make_cfg(*base, "model.conv.impl=native"), small, progress=False).history
+    fast = training.fit(make_cfg(*base, "model.conv.impl=im2col"), small, progress=False).history
+    assert_histories_close(fast, native, rtol=1e-4)
+    assert native[-1]["test/mse"] < native[0]["test/mse"]  # it learns
+
+
+def test_sweep_groups_follow_the_program():
+    cfgs = [make_cfg("seed=0"), make_cfg("seed=1", "optimizer.learning_rate=0.01", "name=x"),
+            make_cfg("bottleneck.code_size=32"), make_cfg("penalty.l1_activity=0.001"),
+            make_cfg("penalty.l1_activity=0.01", "seed=3"), make_cfg("noise.kind=gaussian", "noise.std=0.1")]
+    assert vmap_sweep.group_configs(cfgs) == [[0, 1], [2], [3, 4], [5]]
+
+
+def test_vectorized_group_members_equal_their_solo_runs(fmnist_small):
+    base = ("train.epochs=2", "train.batch_size=128", "noise.kind=gaussian", "data.train_limit=2000",
+            "data.test_limit=500")
+    cfgs = [make_cfg(*base, "noise.std=0.1"),
+            make_cfg(*base, "noise.std=0.4", "optimizer.learning_rate=0.003", "seed=1")]
+    group = vmap_sweep.train_group(cfgs, fmnist_small)
+    for cfg, member in zip(cfgs, group, strict=True):
+        solo = training.fit(cfg, fmnist_small, progress=False)
+        assert_histories_close(member.history, solo.history)
+        np.testing.assert_allclose(member.states[-1].params["decoder"]["layers"][0]["kernel"].value,
+                                   solo.state.params["decoder"]["layers"][0]["kernel"].value, atol=1e-5)
+    assert group[0].history[-1]["test/mse"] != group[1].history[-1]["test/mse"]
+    assert group[0].history[-1]["test/mse"] < group[0].history[0]["test/mse"]  # it learns
+
+
+def test_vmap_launcher_writes_every_members_record(tmp_path, fmnist_small):
+    args = ["logger.mode=disabled", "eval.figures=false", "train.epochs=1", "train.batch_size=128",
+            "data.train_limit=2000", "data.test_limit=500"]
+    env = dict(os.environ, WANDB_MODE="disabled")
+    out = subprocess.run([sys.executable, str(ROOT / "experiments" / "train.py"), "-m", "hydra/launcher=vmap",
+                          "hydra/hydra_logging=disabled", *args, "seed=0,1", f"hydra.sweep.dir={tmp_path}",
+                          "hydra.sweep.subdir=${hydra.job.num}"],
+                         cwd=ROOT, env=env, capture_output=True, text=True, timeout=240)
+    assert out.returncode == 0, out.stderr[-3000:]
+    for seed in (0, 1):
+        run = Path(tmp_path) / str(seed)
+        summary = json.loads((run / "summary.json").read_text())
+        assert summary["status"] == "finished" and summary["seed"] == seed
+        assert json.loads((run / "metrics.jsonl").read_text().splitlines()[0])["epoch"] == 1
+        assert (run / "checkpoints").is_dir() and (run / ".hydra" / "config.yaml").exists()
+        solo = training.fit(make_cfg(*args, f"seed={seed}"), fmnist_small, progress=False)
+        assert np.isclose(summary["test/mse"], solo.history[-1]["test/mse"], rtol=1e-5)
+
+
+DP_SCRIPT = """
+import json, sys
+sys.path.insert(0, "tests")
+import jax
+from conftest import make_cfg
+from aeflax import data, parallel, training
+from aeflax.config import DataConfig
+ds = data.load(DataConfig(train_limit=1024, test_limit=256))
+cfg = make_cfg("train.epochs=2", "noise.kind=gaussian", "noise.std=0.2")
+mesh = parallel.data_mesh(cfg.train.batch_size)
+graphdef, state = training.init_state(cfg, ds.image_shape, 4)
+epoch = jax.jit(training.make_train_epoch(graphdef, cfg, 1024, parallel.batched(mesh)))
+hlo = epoch.lower(parallel.replicate(state, mesh), parallel.replicate(ds.train.images, mesh),
+                  parallel.replicate(training.hyperparameters(cfg, 4), mesh)).compile().as_text()
+history = training.fit(cfg, ds, progress=False).history
+print(json.dumps({"devices": jax.device_count(), "all_reduce": "all-reduce" in hlo, "history": history}))
+"""
+
+
+def test_data_parallel_on_four_devices_equals_one_device(fmnist_small):
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4", WANDB_MODE="disabled")
+    out = subprocess.run([sys.executable, "-c", DP_SCRIPT], cwd=ROOT, env=env, capture_output=True, text=True,
+                         timeout=240)
+    assert out.returncode == 0, out.stderr[-3000:]
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert result["devices"] == 4 and result["all_reduce"]  # the batch really is split
+    from aeflax import data
+    from aeflax.config import DataConfig
+
+    ds = data.load(DataConfig(train_limit=1024, test_limit=256))
+    one = training.fit(make_cfg("train.epochs=2", "noise.kind=gaussian", "noise.std=0.2"), ds, progress=False)
+    assert_histories_close(result["history"], one.history, rtol=1e-4, atol=1e-5)
