@@ -178,6 +178,9 @@ def validate(cfg: Any) -> None:
     _one_of(m.output_activation, ("sigmoid", "linear"), "model.output_activation")
     _one_of(m.conv.impl, ("auto", "native", "im2col"), "model.conv.impl")
     _check(all(h >= 1 for h in m.hidden), f"model.hidden={list(m.hidden)}: every size must be >= 1")
+    _check(m.decoder_hidden is None or all(h >= 1 for h in m.decoder_hidden),
+           f"model.decoder_hidden={m.decoder_hidden}: every size must be >= 1 (or null for reversed(hidden))")
+    _one_of(m.init, ("glorot_uniform", "lecun_normal", "he_normal"), "model.init")  # layers.INITIALIZERS
     _check(len(m.conv.channels) >= 1 and all(c >= 1 for c in m.conv.channels),
            f"model.conv.channels={list(m.conv.channels)}: give at least one channel count >= 1")
     _check(m.conv.kernel_size >= 1 and m.conv.stride >= 1, "model.conv.kernel_size and stride must be >= 1")
@@ -210,12 +213,18 @@ def validate(cfg: Any) -> None:
     check_variant(cfg)
     _one_of(o.name, ("adam", "adamw", "sgd"), "optimizer.name")
     _one_of(o.schedule, ("constant", "cosine", "exponential"), "optimizer.schedule")
+    _check(0 <= o.b1 < 1 and 0 <= o.b2 < 1, f"optimizer.b1={o.b1} and b2={o.b2} must be in [0, 1)")
+    _check(o.eps > 0, f"optimizer.eps={o.eps} must be > 0")
+    _check(o.decay_rate > 0, f"optimizer.decay_rate={o.decay_rate} must be > 0")
     _check(o.learning_rate > 0, f"optimizer.learning_rate={o.learning_rate} must be > 0")
     _check(o.weight_decay >= 0 and o.grad_clip >= 0, "optimizer.weight_decay and grad_clip must be >= 0")
     _check(t.epochs >= 1, f"train.epochs={t.epochs} must be >= 1")
     _check(t.batch_size >= 1, f"train.batch_size={t.batch_size} must be >= 1")
     _check(t.eval_batch_size >= 1, f"train.eval_batch_size={t.eval_batch_size} must be >= 1")
     _check(t.checkpoint_every >= 0, f"train.checkpoint_every={t.checkpoint_every} must be >= 0")
+    _check(t.early_stopping_patience >= 0,
+           f"train.early_stopping_patience={t.early_stopping_patience} must be >= 0")
+    _check(cfg.seed >= 0, f"seed={cfg.seed} must be >= 0")
     _check(d.val_size >= 0, f"data.val_size={d.val_size} must be >= 0")
     for key in ("train_limit", "test_limit"):
         v = getattr(d, key)
