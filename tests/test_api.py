@@ -87,3 +87,15 @@ def test_evaluate_py_with_an_eval_option(run_dir, capsys):
     assert exit_.value.code == 1
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: eval=nope is not an option") and "denoising" in err and "\n" not in err
+
+
+def test_every_eval_option_is_valid():
+    from aeflax.config import validate
+
+    options = sorted(p.stem for p in (evaluate.CONF / "eval").glob("*.yaml"))
+    assert {"default", "full", "likelihood", "denoising", "probe", "anomaly", "none"} <= set(options)
+    for name in options:
+        cfg = make_cfg()
+        cfg.eval = evaluate.eval_option(name)
+        validate(cfg)
+    assert evaluate.eval_option("likelihood").importance_samples == 5000
