@@ -58,3 +58,13 @@ def test_fixed_noise_is_drawn_once_per_image():
 
     np.testing.assert_array_equal(*noisy(True))  # the same image, the same noise
     assert not np.allclose(*noisy(False))  # a new draw each step
+
+
+def test_dynamic_binarization_redraws_bernoulli_pixels_each_step():
+    images = jnp.full((64, 28, 28, 1), 51, jnp.uint8)  # intensity 0.2
+    cfg = make_cfg("data.binarize=dynamic")
+    hp = training.hyperparameters(cfg, 1)
+    prepare = jax.jit(lambda key: training.prepare_batch(images, jnp.arange(64), key, hp, cfg, key)[0])
+    a, b = np.asarray(prepare(jax.random.key(0))), np.asarray(prepare(jax.random.key(1)))
+    assert set(np.unique(a)) == {0.0, 1.0} and abs(a.mean() - 0.2) < 0.01
+    assert np.mean(a != b) > 0.2  # a new draw: 2 * 0.2 * 0.8 = 0.32 of the pixels differ

@@ -169,3 +169,19 @@ def test_prior_samples_need_a_gaussian_bottleneck():
     assert images.shape == (5, 28, 28, 1) and float(images.min()) >= 0 and float(images.max()) <= 1
     with pytest.raises(TypeError, match="gaussian bottleneck"):
         _model()[1].sample(jax.random.key(0), 5)
+
+
+def test_weight_penalties_sum_over_kernels_only():
+    _, model = _model("model.hidden=[16]", "bottleneck.code_size=8")
+    kernels = [model.encoder.layers[0].linear.kernel, model.bottleneck.linear.kernel,
+               model.decoder.layers[0].linear.kernel, model.decoder.layers[1].kernel]
+    l1, l2 = jax.jit(objectives.kernel_norms)(model)
+    np.testing.assert_allclose(l1, sum(np.abs(np.asarray(k[...])).sum() for k in kernels), rtol=1e-5)
+    np.testing.assert_allclose(l2, sum(np.square(np.asarray(k[...])).sum() for k in kernels), rtol=1e-5)
+
+
+def test_kl_warmup_ramps_linearly_to_beta():
+    hp = {"beta": jnp.float32(4.0), "warmup_steps": jnp.float32(100)}
+    weights = [float(training.kl_weight(hp, s)) for s in (0, 49, 99, 500)]
+    np.testing.assert_allclose(weights, [0.04, 2.0, 4.0, 4.0], rtol=1e-6)
+    assert float(training.kl_weight(dict(hp, warmup_steps=jnp.float32(0)), 0)) == 4.0

@@ -159,3 +159,14 @@ def test_combinations_that_make_sense_validate_and_trace(overrides):
     epoch = training.make_train_epoch(graphdef, cfg, 64)  # traced (shapes, gradients), not compiled
     _, metrics = jax.eval_shape(epoch, state, images, training.hyperparameters(cfg, 1))
     assert metrics["train/loss"].shape == ()
+
+
+@pytest.mark.parametrize("bottleneck", ["deterministic", "gaussian", "vq", "identity"])
+@pytest.mark.parametrize("shape", [(28, 28, 1), (32, 32, 3)])
+def test_conv_models_take_every_bottleneck_and_image_shape(bottleneck, shape):
+    loss = "elbo" if bottleneck == "gaussian" else "mse"
+    cfg = _compose("model=conv", f"bottleneck={bottleneck}", f"loss={loss}")
+    validate(cfg)
+    model = nnx.eval_shape(lambda: training.make_model(cfg, shape, 0))  # shapes only: nothing compiled
+    out = nnx.eval_shape(lambda m, x: m(x), model, jax.ShapeDtypeStruct((2, *shape), jnp.float32))
+    assert out["recon"].shape == (2, *shape)
