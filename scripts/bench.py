@@ -1,0 +1,402 @@
+"""Benchmark: aeflax against Keras (TensorFlow and JAX backends) and a PyTorch loop, one machine.
+
+    python scripts/bench.py                  # the full table -> docs/benchmark.md (minutes)
+    python scripts/bench.py --smoke          # tiny sizes, seconds (CI)
+    python scripts/bench.py --readme         # also replace the <!-- bench --> block of README.md
+
+Every framework trains the same three models on the same Fashion-MNIST arrays: the seed
+dense AE (784-64-784, batch 256), the tutorial conv AE (batch 32) and the VAE of
+`experiment=vae` (784-512-256-z32, batch 256). Each runs in its own process (Keras reads
+its backend at import), trains two epochs on the first N images, and the second epoch's
+time is scaled to 60k images. The "matmul limit" is the time the model's own matmuls
+(forward and backward, the shapes its aeflax formulation runs) take back to back in one
+compiled loop, measured in the same run; the ratio is epoch time / limit. Needs the
+[bench] extra (keras, tensorflow-cpu, torch), never needed to train.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+FULL = 60000
+MODELS = {  # name: (batch size, train images measured in the full run)
+    "dense": (256, 60000), "conv": (32, 12000), "vae": (256, 60000)}
+FRAMEWORKS = ("aeflax", "keras-tensorflow", "keras-jax", "pytorch")
+
+
+# --- workers: one framework, one model, in their own process ---------------------------
+
+def load_images(n: int):
+    sys.path.insert(0, str(ROOT))
+    from aeflax import data
+    from aeflax.config import DataConfig
+
+    return data.load(DataConfig(train_limit=n)).train.images
+
+
+def timed_epochs(run_epoch, epochs: int = 2) -> float:
+    """Seconds of the last epoch (the first one compiles / warms up)."""
+    seconds = 0.0
+    for _ in range(epochs):
+        t0 = time.perf_counter()
+        run_epoch()
+        seconds = time.perf_counter() - t0
+    return seconds
+
+
+def worker_aeflax(model: str, n: int, batch: int) -> float:
+    import jax
+
+    sys.path.insert(0, str(ROOT / "tests"))
+    from conftest import make_cfg
+
+    from aeflax import training
+
+    overrides = {"dense": [], "conv": ["model.architecture=conv", "bottleneck.kind=identity"],
+                 "vae": ["model.hidden=[512,256]", "bottleneck.kind=gaussian", "bottleneck.code_size=32",
+                         "loss.name=elbo"]}[model]
+    cfg = make_cfg(*overrides, f"train.batch_size={batch}")
+    images = jax.device_put(load_images(n))
+    steps = training.steps_per_epoch(n, batch)
+    graphdef, state = training.init_state(cfg, images.shape[1:], steps)
+    hp = training.hyperparameters(cfg, steps)
+    epoch = jax.jit(training.make_train_epoch(graphdef, cfg, n), donate_argnums=0)
+    box = [state]
+
+    def run():
+        box[0], metrics = epoch(box[0], images, hp)
+        jax.block_until_ready(metrics)
+
+    return timed_epochs(run)
+
+
+def keras_model(model: str):
+    import keras
+    from keras import layers, ops
+
+    if model == "dense":  # the tutorial's Autoencoder
+        m = keras.Sequential([keras.Input((28, 28, 1)), layers.Flatten(), layers.Dense(64, activation="relu"),
+                              layers.Dense(784, activation="sigmoid"), layers.Reshape((28, 28, 1))])
+        return m, "mse"
+    if model == "conv":  # the tutorial's Denoise model
+        m = keras.Sequential([
+            keras.Input((28, 28, 1)),
+            layers.Conv2D(16, 3, activation="relu", padding="same", strides=2),
+            layers.Conv2D(8, 3, activation="relu", padding="same", strides=2),
+            layers.Conv2DTranspose(8, 3, strides=2, activation="relu", padding="same"),
+            layers.Conv2DTranspose(16, 3, strides=2, activation="relu", padding="same"),
+            layers.Conv2D(1, 3, activation="sigmoid", padding="same")])
+        return m, "mse"
+
+    class Sample(layers.Layer):
+        def __init__(self):
+            super().__init__()
+            self.seed = keras.random.SeedGenerator(0)
+
+        def call(self, mean, logvar):
+            return mean + ops.exp(0.5 * logvar) * keras.random.normal(ops.shape(mean), seed=self.seed)
+
+    x = keras.Input((28, 28, 1))
+    h = layers.Dense(256, activation="relu")(layers.Dense(512, activation="relu")(layers.Flatten()(x)))
+    mean, logvar = layers.Dense(32)(h), layers.Dense(32)(h)
+    z = Sample()(mean, logvar)
+    logits = layers.Dense(784)(layers.Dense(512, activation="relu")(layers.Dense(256, activation="relu")(z)))
+
+    def neg_elbo(y_true, y_pred):
+        lg, mu, lv = y_pred[:, :784], y_pred[:, 784:816], y_pred[:, 816:]
+        xt = ops.reshape(y_true, (-1, 784))
+        nll = ops.sum(ops.maximum(lg, 0) - lg * xt + ops.log1p(ops.exp(-ops.abs(lg))), axis=-1)
+        kl = 0.5 * ops.sum(ops.exp(lv) + mu**2 - 1.0 - lv, axis=-1)
+        return nll + kl
+
+    return keras.Model(x, layers.Concatenate()([logits, mean, logvar])), neg_elbo
+
+
+def worker_keras(model: str, n: int, batch: int) -> float:
+    import keras
+
+    x = load_images(n).astype("float32") / 255.0
+    m, loss = keras_model(model)
+    m.compile(optimizer=keras.optimizers.Adam(1e-3), loss=loss)
+    return timed_epochs(lambda: m.fit(x, x, batch_size=batch, epochs=1, shuffle=True, verbose=0))
+
+
+def torch_model(model: str):
+    from torch import nn
+
+    if model == "dense":
+        return nn.Sequential(nn.Flatten(), nn.Linear(784, 64), nn.ReLU(), nn.Linear(64, 784), nn.Sigmoid())
+    if model == "conv":
+        return nn.Sequential(
+            nn.Conv2d(1, 16, 3, stride=2, padding=1), nn.ReLU(),
+            nn.Conv2d(16, 8, 3, stride=2, padding=1), nn.ReLU(),
+            nn.ConvTranspose2d(8, 8, 3, stride=2, padding=1, output_padding=1), nn.ReLU(),
+            nn.ConvTranspose2d(8, 16, 3, stride=2, padding=1, output_padding=1), nn.ReLU(),
+            nn.Conv2d(16, 1, 3, padding=1), nn.Sigmoid())
+    return nn.ModuleDict(dict(
+        enc=nn.Sequential(nn.Flatten(), nn.Linear(784, 512), nn.ReLU(), nn.Linear(512, 256), nn.ReLU()),
+        mean=nn.Linear(256, 32), logvar=nn.Linear(256, 32),
+        dec=nn.Sequential(nn.Linear(32, 256), nn.ReLU(), nn.Linear(256, 512), nn.ReLU(),
+                          nn.Linear(512, 784))))
+
+
+def worker_pytorch(model: str, n: int, batch: int) -> float:
+    import torch
+    import torch.nn.functional as F
+
+    x_all = torch.from_numpy(load_images(n)).float().div(255.0).permute(0, 3, 1, 2).contiguous()
+    m = torch_model(model)
+    opt = torch.optim.Adam(m.parameters(), lr=1e-3, eps=1e-7)
+
+    def loss_fn(x):
+        if model != "vae":
+            return F.mse_loss(m(x).reshape(x.shape), x)
+        h = m["enc"](x)
+        mu, lv = m["mean"](h), m["logvar"](h)
+        logits = m["dec"](mu + torch.exp(0.5 * lv) * torch.randn_like(mu))
+        nll = F.binary_cross_entropy_with_logits(logits, x.flatten(1), reduction="none").sum(-1)
+        return (nll + 0.5 * (lv.exp() + mu**2 - 1 - lv).sum(-1)).mean()
+
+    def run():
+        perm = torch.randperm(n)
+        for i in range(n // batch):
+            opt.zero_grad(set_to_none=True)
+            loss_fn(x_all[perm[i * batch:(i + 1) * batch]]).backward()
+            opt.step()
+
+    return timed_epochs(run)
+
+
+# --- matmul limits ---------------------------------------------------------------------
+
+def step_matmuls(model: str, b: int) -> list[tuple[int, int, int]]:
+    """(M, K, N) of every matmul of one training step, forward and backward.
+
+    Layers as aeflax runs them (the CPU conv formulations are matmuls too); backward:
+    the weight gradient of every layer and the input gradient of all but the first.
+    """
+    if model == "dense":
+        layers = [(b, 784, 64), (b, 64, 784)]
+    elif model == "vae":
+        layers = [(b, 784, 512), (b, 512, 256), (b, 256, 64), (b, 32, 256), (b, 256, 512), (b, 512, 784)]
+    else:  # im2col convs, phase-decomposed transposed convs, shift-add last conv
+        layers = [(b * 196, 9, 16), (b * 49, 144, 8), (b * 49, 32, 32), (b * 196, 32, 64), (b * 784, 16, 9)]
+    out = []
+    for i, (m, k, n) in enumerate(layers):
+        out += [(m, k, n), (k, m, n)] + ([(m, n, k)] if i else [])
+    return out
+
+
+def matmul_seconds(shapes, repeats: int) -> float:
+    """Seconds for `repeats` rounds of the given matmuls in one compiled loop."""
+    import jax
+    import jax.numpy as jnp
+
+    keys = jax.random.split(jax.random.key(0), len(shapes))
+    ops = [(jax.random.normal(key, (m, k)), jax.random.normal(key, (k, n)))
+           for key, (m, k, n) in zip(keys, shapes, strict=True)]
+
+    @jax.jit
+    def loop(ops):
+        def body(c, _):  # the carry feeds every matmul, so none is hoisted out of the loop
+            total = sum(jnp.sum((a + c) @ b) for a, b in ops)
+            return c + 1e-30 * total, None
+        return jax.lax.scan(body, jnp.zeros(()), None, length=repeats)[0]
+
+    loop(ops).block_until_ready()
+    t0 = time.perf_counter()
+    loop(ops).block_until_ready()
+    return time.perf_counter() - t0
+
+
+def flops(shapes) -> float:
+    return float(sum(2 * m * k * n for m, k, n in shapes))
+
+
+# --- the parts of the table ------------------------------------------------------------
+
+def run_worker(framework: str, model: str, n: int, batch: int) -> float:
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", WANDB_MODE="disabled")
+    if framework.startswith("keras"):
+        env["KERAS_BACKEND"] = framework.split("-")[1]
+    out = subprocess.run([sys.executable, __file__, "--worker", framework, "--model", model, "--n", str(n),
+                          "--batch", str(batch)], env=env, capture_output=True, text=True, cwd=ROOT)
+    if out.returncode:
+        print(f"  {framework} {model} failed: {out.stderr.strip().splitlines()[-1:]}", file=sys.stderr)
+        return float("nan")
+    return json.loads(out.stdout.strip().splitlines()[-1])["seconds"]
+
+
+def train_rows(smoke: bool, frameworks=FRAMEWORKS) -> list[str]:
+    import jax
+
+    rows = ["| model | batch | framework | s / epoch (60k) | samples / s | x aeflax |",
+            "|---|---:|---|---:|---:|---:|"]
+    limits = ["| model | GFLOP / epoch | matmul GFLOP/s (own shapes) | matmul limit s / epoch "
+              "| aeflax / limit |",
+              "|---|---:|---:|---:|---:|"]
+    for model, (batch, n_full) in MODELS.items():
+        n = 4 * batch if smoke else n_full
+        per_epoch = {}
+        for fw in frameworks:
+            seconds = run_worker(fw, model, n, batch) * FULL / n
+            per_epoch[fw] = seconds
+            print(f"  {model} {fw}: {seconds:.2f} s/epoch", file=sys.stderr, flush=True)
+        for fw in frameworks:
+            s = per_epoch[fw]
+            ratio = s / per_epoch.get("aeflax", float("nan"))
+            rows.append(f"| {model} | {batch} | {fw} | {s:.2f} | {FULL / s:,.0f} | {ratio:.2f} |")
+        steps = FULL // batch
+        shapes = step_matmuls(model, batch)
+        repeats = 4 if smoke else min(steps, 500)
+        limit = matmul_seconds(shapes, repeats) * steps / repeats
+        gflop = flops(shapes) * steps / 1e9
+        limits.append(f"| {model} | {gflop:.1f} | {gflop / limit:.1f} | {limit:.2f} | "
+                      f"{per_epoch.get('aeflax', float('nan')) / limit:.2f} |")
+    big = 256 if smoke else 2048
+    rate = flops([(big, big, big)]) * 5 / matmul_seconds([(big, big, big)], 5) / 1e9
+    limits.append(f"\nMatmul rate at {big}x{big}x{big}: {rate:.1f} GFLOP/s ({jax.devices()[0].device_kind}).")
+    return rows + [""] + limits
+
+
+def run_cli(args: list[str], workdir: Path) -> float:
+    env = dict(os.environ, WANDB_MODE=os.environ.get("WANDB_MODE", "offline"), TF_CPP_MIN_LOG_LEVEL="3")
+    t0 = time.perf_counter()
+    out = subprocess.run([sys.executable, str(ROOT / "experiments" / "train.py"), *args], cwd=workdir,
+                         env=env, capture_output=True, text=True)
+    seconds = time.perf_counter() - t0
+    if out.returncode:
+        print(f"  train.py {' '.join(args)} failed: {out.stderr.strip()[-500:]}", file=sys.stderr)
+        return float("nan")
+    return seconds
+
+
+def sweep_rows(smoke: bool, workdir: Path) -> list[str]:
+    small = ["data.train_limit=512", "data.test_limit=256", "train.epochs=1"] if smoke else []
+    rows = ["| 8-config sweep (seed=0..3 x learning_rate=1e-3,2e-3) | wall s | x basic |", "|---|---:|---:|"]
+    times = {}
+    for launcher in ("basic", "joblib", "vmap"):
+        times[launcher] = run_cli(["-m", f"hydra/launcher={launcher}", "seed=0,1,2,3",
+                                   "optimizer.learning_rate=0.001,0.002", *small,
+                                   f"hydra.sweep.dir={workdir / ('sweep_' + launcher)}"], workdir)
+        print(f"  sweep {launcher}: {times[launcher]:.1f} s", file=sys.stderr, flush=True)
+    for launcher, s in times.items():
+        rows.append(f"| hydra/launcher={launcher} | {s:.1f} | {times['basic'] / s:.2f} |")
+    return rows
+
+
+def run_rows(smoke: bool, workdir: Path) -> list[str]:
+    small = ["data.train_limit=512", "data.test_limit=256", "train.epochs=1"] if smoke else []
+    run_dir = workdir / "default_run"
+    wall = run_cli([*small, f"hydra.run.dir={run_dir}"], workdir)
+    path = run_dir / "summary.json"
+    summary = json.loads(path.read_text()) if path.exists() else {}
+    get = lambda key: summary.get(key, float("nan"))  # noqa: E731
+    return ["| default run (`python experiments/train.py`) | seconds |", "|---|---:|",
+            f"| start-up (process start -> data and run ready) | {get('time/startup_seconds'):.2f} |",
+            f"| first epoch (compiles) | {get('time/first_epoch_seconds'):.2f} |",
+            f"| later epochs (mean) | {get('time/epoch_seconds'):.2f} |",
+            f"| whole run, command to exit | {wall:.1f} |"]
+
+
+def nll_rows(smoke: bool) -> list[str]:
+    import jax
+    import numpy as np
+
+    sys.path.insert(0, str(ROOT / "tests"))
+    from conftest import make_cfg
+
+    from aeflax import evaluation, training
+
+    k, n_images, batch, chunk = (50, 20, 10, 25) if smoke else (5000, 200, 100, 250)
+    cfg = make_cfg("model.hidden=[512,256]", "bottleneck.kind=gaussian", "bottleneck.code_size=32",
+                   "loss.name=elbo")
+    model = training.make_model(cfg, (28, 28, 1), 0)
+    x = jax.numpy.asarray(np.random.default_rng(0).random((batch, 28, 28, 1), np.float32))
+    nll = jax.jit(lambda x, key: evaluation.importance_nll(model, x, key, k, chunk, "bernoulli"))
+    nll(x, jax.random.key(0)).block_until_ready()
+    t0 = time.perf_counter()
+    for i in range(n_images // batch):
+        nll(x, jax.random.key(i)).block_until_ready()
+    per_image = (time.perf_counter() - t0) / n_images
+    shapes = [(chunk * batch, 32, 256), (chunk * batch, 256, 512), (chunk * batch, 512, 784)]
+    limit = matmul_seconds(shapes, 3) / 3 * (k / chunk) / batch
+    return [f"| importance-sampled NLL, k={k}, VAE 784-512-256-z32 | value |", "|---|---:|",
+            f"| images / s (measured on {n_images}) | {1 / per_image:.1f} |",
+            f"| 10k test images, s (extrapolated) | {per_image * 10000:.0f} |",
+            f"| decoder-matmul limit, s per 10k | {limit * 10000:.0f} |",
+            f"| time / limit | {per_image / limit:.2f} |"]
+
+
+def machine() -> str:
+    import jax
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        cpu = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                   if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    return (f"{cpu}, {os.cpu_count()} cores, {jax.default_backend()} backend, jax {jax.__version__}; "
+            f"load average at start {load:.2f}")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--smoke", action="store_true", help="tiny sizes: checks that every part runs")
+    p.add_argument("--out", type=Path, default=ROOT / "docs" / "benchmark.md")
+    p.add_argument("--readme", action="store_true", help="also put the table into README.md")
+    p.add_argument("--only", default="train,sweep,run,nll", help="comma-separated parts")
+    p.add_argument("--frameworks", default=",".join(FRAMEWORKS), help="comma-separated, aeflax first")
+    p.add_argument("--worker", choices=FRAMEWORKS)
+    p.add_argument("--model", choices=tuple(MODELS))
+    p.add_argument("--n", type=int)
+    p.add_argument("--batch", type=int)
+    a = p.parse_args()
+    if a.worker:
+        fn = {"aeflax": worker_aeflax, "pytorch": worker_pytorch}.get(a.worker, worker_keras)
+        print(json.dumps({"seconds": fn(a.model, a.n, a.batch)}))
+        return
+    sys.path.insert(0, str(ROOT))
+    parts, frameworks = a.only.split(","), a.frameworks.split(",")
+    started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    command = " ".join(["python scripts/bench.py", *sys.argv[1:]])
+    lines = [f"Measured {started} with `{command}` on {machine()}.", ""]
+    workdir = Path(tempfile.mkdtemp(prefix="aeflax_bench_"))
+    try:
+        for part, fn in (("train", lambda: train_rows(a.smoke, frameworks)),
+                         ("sweep", lambda: sweep_rows(a.smoke, workdir)),
+                         ("run", lambda: run_rows(a.smoke, workdir)), ("nll", lambda: nll_rows(a.smoke))):
+            if part in parts:
+                print(f"bench: {part}", file=sys.stderr, flush=True)
+                lines += fn() + [""]
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    table = "\n".join(lines)
+    a.out.parent.mkdir(parents=True, exist_ok=True)
+    a.out.write_text("# Benchmark\n\n" + table)
+    if a.readme:
+        readme = ROOT / "README.md"
+        text = readme.read_text()
+        start, end = "<!-- bench -->", "<!-- /bench -->"
+        if start in text and end in text:
+            text = text[:text.index(start) + len(start)] + "\n" + table + "\n" + text[text.index(end):]
+        else:
+            text += f"\n## Benchmark\n\n{start}\n{table}\n{end}\n"
+        readme.write_text(text)
+    print(table)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,25 @@
+"""scripts/bench.py runs end to end in its smoke mode and writes a Markdown table."""
+
+import subprocess
+import sys
+
+from conftest import ROOT
+
+
+def test_bench_smoke_writes_a_table(tmp_path):
+    out_md = tmp_path / "bench.md"
+    command = [sys.executable, str(ROOT / "scripts" / "bench.py"), "--smoke", "--frameworks", "aeflax",
+               "--only", "train,nll", "--out", str(out_md)]
+    out = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    text = out_md.read_text()
+    assert "cores, cpu backend" in text
+    rows = [line for line in text.splitlines() if line.startswith("| ")]
+    trained = {r.split("|")[1].strip(): r for r in rows if "| aeflax |" in r}
+    assert set(trained) == {"dense", "conv", "vae"}
+    for row in trained.values():  # seconds per epoch and samples per second are real numbers
+        seconds, per_second = (float(c.replace(",", "")) for c in row.split("|")[4:6])
+        assert seconds > 0 and abs(seconds * per_second - 60000) < 0.02 * 60000
+    limits = [r for r in rows if r.split("|")[1].strip() in ("dense", "conv", "vae") and "aeflax" not in r]
+    assert len(limits) == 3 and all(float(r.split("|")[4]) > 0 for r in limits)
+    assert "images / s" in text and "time / limit" in text
