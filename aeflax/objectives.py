@@ -73,26 +73,28 @@ def log_normal(z, mean, logvar):
     return -0.5 * jnp.sum(LOG_2PI + logvar + (z - mean) ** 2 / jnp.exp(logvar), axis=-1)
 
 
-def importance_log_weights(model, x, key, k: int, likelihood: str, std: float = 1.0):
+def importance_log_weights(model, x, key, k: int, likelihood: str, std: float = 1.0, target=None):
     """log w_i = log p(x|z_i) + log p(z_i) - log q(z_i|x), z_i ~ q(z|x); shape [k, B].
 
-    With k = 1 this is the single-sample ELBO estimate of the same draw.
+    With k = 1 this is the single-sample ELBO estimate of the same draw. `target` is the
+    image scored by p(.|z) when it differs from the encoder's input (denoising: the clean one).
     """
+    target = x if target is None else target
     mean, logvar = model.bottleneck.stats(model.encoder(x))
     z = sample(key, mean, logvar, num=k)  # [k, B, D]
 
     def one(zi):
         logits = model.decode_logits(zi)
-        return log_likelihood(likelihood, logits, model.output(logits), x, std)
+        return log_likelihood(likelihood, logits, model.output(logits), target, std)
 
     log_px_z = jax.lax.map(one, z, batch_size=min(k, 8))
     zeros = jnp.zeros_like(mean)
     return log_px_z + log_normal(z, zeros, zeros) - log_normal(z, mean, logvar)
 
 
-def iwae_bound(model, x, key, k: int, likelihood: str, std: float = 1.0):
+def iwae_bound(model, x, key, k: int, likelihood: str, std: float = 1.0, target=None):
     """The k-sample importance-weighted bound (Burda et al.): logsumexp_k log w - log k."""
-    log_w = importance_log_weights(model, x, key, k, likelihood, std)
+    log_w = importance_log_weights(model, x, key, k, likelihood, std, target)
     return jax.nn.logsumexp(log_w, axis=0) - math.log(k)
 
 
@@ -194,7 +196,8 @@ def loss_and_metrics(model, x_in, x_target, key, hp, cfg, train: bool = True):
         log_px, kl = elbo_terms(out, x_target, lo)
         metrics.update(elbo=jnp.mean(log_px - kl), kl=jnp.mean(kl), recon_nll=-jnp.mean(log_px))
         if lo.name == "iwae":  # the same key: with k = 1 the bound is the ELBO estimate of the same z
-            metrics["iwae"] = jnp.mean(iwae_bound(model, x_in, key, lo.k, lo.likelihood, lo.likelihood_std))
+            bound = iwae_bound(model, x_in, key, lo.k, lo.likelihood, lo.likelihood_std, x_target)
+            metrics["iwae"] = jnp.mean(bound)
             loss = -metrics["iwae"]
         else:
             loss = -jnp.mean(log_px - hp["kl_weight"] * kl)
@@ -233,7 +236,7 @@ def eval_terms(model, x_in, x_target, key, cfg):
         log_px, kl = elbo_terms(out, x_target, lo)
         terms.update(elbo=log_px - kl, kl=kl, recon_nll=-log_px, loss=kl - log_px)
         if lo.name == "iwae":
-            terms["iwae"] = iwae_bound(model, x_in, key, lo.k, lo.likelihood, lo.likelihood_std)
+            terms["iwae"] = iwae_bound(model, x_in, key, lo.k, lo.likelihood, lo.likelihood_std, x_target)
             terms["loss"] = -terms["iwae"]
     else:
         terms["loss"] = terms[lo.name]
