@@ -40,6 +40,17 @@ SETTINGS = "settings.json"  # the options that decide the numbers of the run in 
 NOT_SETTINGS = ("fresh", "name", "objective", "logger.", "eval.", "train.checkpoint_every", "data.data_dir")
 
 
+_RUNS_IN_PROCESS = 0
+
+
+def run_start_time() -> float:
+    """When this run started: the process start for the first run in a process (so start-up
+    counts the interpreter and imports), the call itself for later jobs of a multirun."""
+    global _RUNS_IN_PROCESS
+    _RUNS_IN_PROCESS += 1
+    return process_start_time() if _RUNS_IN_PROCESS == 1 else time.time()
+
+
 def process_start_time() -> float:
     """Wall-clock time this process started (Linux /proc), for the start-up figure."""
     try:
@@ -74,7 +85,7 @@ def train_and_evaluate(cfg, workdir, *, config_dict: Optional[dict] = None, grou
     resumes from its last checkpoint. Errors propagate after the summary records status
     "failed" and the error line.
     """
-    started = process_start_time()
+    started = run_start_time()
     workdir = Path(workdir)
     check_writable(workdir)
     with RunLock(workdir):
