@@ -1,0 +1,208 @@
+"""Write the reproduction tables (paper vs ours) from the runs: `python scripts/repro_report.py`.
+
+Each study's README (experiments/<study>/README.md) keeps its hand-written protocol; the
+part between the GENERATED markers is rewritten from the run records under results/
+(tables.load / tables.aggregate: mean ± std (n) over seeds), and so is the summary table
+in the top-level README. A study without runs says so in its row; nothing is typed in.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import platform
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from aeflax import tables  # noqa: E402
+
+BEGIN, END = "<!-- BEGIN GENERATED: scripts/repro_report.py -->", "<!-- END GENERATED -->"
+
+
+@dataclass
+class Study:
+    key: str  # experiments/<key>/README.md
+    title: str
+    results: str  # the sweep directory under results/
+    metric: str
+    paper: str  # the published number as printed
+    paper_value: Optional[float]
+    command: str
+    rows: list[str] = field(default_factory=list)  # group rows by these config keys
+    transform: Callable[[float], float] = lambda v: v  # ours -> the paper's quantity
+    quantity: str = ""
+    extra_metrics: list[str] = field(default_factory=list)
+    not_run: str = ""  # why the study has no runs here
+
+
+STUDIES = [
+    Study("tf_dense_ae", "TF tutorial: dense AE, code 64", "repro_tf_dense", "test/mse", "0.0088", 0.0088,
+          "python experiments/train.py -m experiment=repro_tf_dense seed=0,1,2 "
+          "hydra.sweep.dir=results/repro_tf_dense", quantity="test MSE"),
+    Study("tf_conv_denoising", "TF tutorial: conv denoising AE (noise 0.2)", "repro_tf_conv_denoising",
+          "test/mse", "≈ 0.0068", 0.0068,
+          "python experiments/train.py -m experiment=repro_tf_conv_denoising seed=0,1,2 "
+          "hydra.sweep.dir=results/repro_tf_conv_denoising", quantity="test MSE (noisy in, clean target)"),
+    Study("exemplar_vae", "Exemplar VAE, Table 1: VAE, Gaussian prior, dyn. binarized Fashion-MNIST",
+          "repro_exemplar_vae_cpu", "test/nll_k5000", "−228.70 ± 0.15", -228.70,
+          "python experiments/train.py -m experiment=repro_exemplar_vae_cpu seed=0 "
+          "hydra.sweep.dir=results/repro_exemplar_vae_cpu",
+          transform=lambda v: -v, quantity="test log-likelihood, nats (k = 5000)",
+          extra_metrics=["test/elbo", "test/active_units"]),
+    Study("fmnist_probe", "Fashion-MNIST benchmark: linear probe (paper: raw-pixel logistic regression)",
+          "repro_probe", "probe/accuracy", "0.842 (raw pixels)", 0.842,
+          "python experiments/train.py experiment=repro_probe hydra.sweep.dir=results/repro_probe",
+          rows=["variant"], quantity="test accuracy of a logistic regression on the codes",
+          extra_metrics=["probe/raw_accuracy", "probe/knn_accuracy", "test/mse"]),
+    Study("one_class_anomaly", "One-class anomaly detection, conv AE, all ten classes", "repro_anomaly",
+          "anomaly/auroc", "0.9037 ± 0.0075 (class 0)", 0.9037,
+          "python experiments/train.py experiment=repro_anomaly hydra.sweep.dir=results/repro_anomaly",
+          rows=["data.normal_class"], quantity="AUROC (normal class vs the other nine)"),
+    Study("burda_iwae_mnist", "Burda et al. 2015, Table 1: VAE k=1 / IWAE k=50 on MNIST", "repro_burda_mnist",
+          "test/nll_k5000", "86.76 (VAE) / 84.78 (IWAE k=50)", 86.76,
+          "python experiments/train.py experiment=repro_burda_vae hydra.run.dir=results/repro_burda_mnist/vae"
+          "; python experiments/train.py experiment=repro_burda_iwae "
+          "hydra.run.dir=results/repro_burda_mnist/iwae",
+          quantity="test NLL, nats (k = 5000)", not_run="not run (needs the MNIST download)"),
+]
+
+
+def machine() -> str:
+    cpus = len(__import__("os").sched_getaffinity(0))
+    model = ""
+    try:
+        model = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                     if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return f"{cpus}-core CPU ({model or platform.processor()}), no GPU"
+
+
+def fmt(v: float, digits: int = 4) -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "–"
+    return f"{v:.{digits}g}" if abs(v) < 1 else f"{v:.2f}"
+
+
+def study_rows(study: Study):
+    """Aggregated rows (one per group) of the study's runs, or None when there are none."""
+    path = ROOT / "results" / study.results
+    if study.not_run or not path.exists():
+        return None
+    runs = tables.load([path])
+    metrics = [study.metric, *study.extra_metrics]
+    out = []
+    for metric in metrics:
+        if metric not in runs:
+            continue
+        agg = tables.aggregate(runs, study.rows, metric)
+        for _, r in agg.iterrows():
+            key = tuple(r[k] for k in study.rows)
+            out.append((key, metric, r["mean"], r["std"], int(r["n"]), int(r["failed"] + r["unfinished"])))
+    summaries = [json.loads(p.read_text()) for p in path.rglob("summary.json")]
+    finished = [s for s in summaries if s.get("status") == "finished"]
+    timing = {k: sum(s.get(k, 0) for s in finished) / max(1, len(finished))
+              for k in ("wall_seconds", "time/epoch_seconds")}
+    return out, timing, len(finished)
+
+
+def ours(study: Study, rows, key=None) -> str:
+    for k, metric, mean, std, n, bad in rows:
+        if metric == study.metric and (key is None or k == key):
+            if n == 0:
+                return f"no finished run ({bad} failed or unfinished)"
+            m, s = study.transform(mean), std
+            return f"{fmt(m)} ± {fmt(s, 2)} (n={n})" if n > 1 else f"{fmt(m)} (n=1)"
+    return "–"
+
+
+def study_block(study: Study) -> str:
+    result = study_rows(study)
+    lines = [BEGIN, "", f"Published: **{study.paper}** ({study.quantity}).", ""]
+    if result is None:
+        lines += [f"Ours: {study.not_run or 'not run yet'}.", "", f"Command: `{study.command}`", "", END]
+        return "\n".join(lines)
+    rows, timing, n_runs = result
+    keys = sorted({k for k, *_ in rows}, key=str)
+    metrics = [m for m in [study.metric, *study.extra_metrics] if any(r[1] == m for r in rows)]
+    head = [*(study.rows or []), *metrics]
+    lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for key in keys:
+        cells = [str(v) for v in key]
+        for metric in metrics:
+            cell = next(((mean, std, n) for k, m, mean, std, n, _ in rows if k == key and m == metric), None)
+            if cell is None or cell[2] == 0:
+                cells.append("–")
+            else:
+                mean, std, n = cell
+                cells.append(f"{fmt(mean)} ± {fmt(std, 2)} ({n})" if n > 1 else f"{fmt(mean)} (1)")
+        lines.append("| " + " | ".join(cells) + " |")
+    lines += ["", f"mean ± std (n runs) over seeds; {n_runs} finished runs; per run on average "
+              f"{timing['time/epoch_seconds']:.1f} s per epoch and {timing['wall_seconds']:.0f} s wall "
+              f"(start-up, training, evaluation), on {machine()}.", "",
+              f"Command: `{study.command}`, then `python scripts/repro_report.py`.",
+              "", END]
+    return "\n".join(lines)
+
+
+def replace_block(path: Path, block: str) -> None:
+    text = path.read_text() if path.exists() else f"# {path.parent.name}\n\n{BEGIN}\n{END}\n"
+    if BEGIN not in text:
+        text = text.rstrip() + f"\n\n{BEGIN}\n{END}\n"
+    head, rest = text.split(BEGIN, 1)
+    tail = rest.split(END, 1)[1] if END in rest else ""
+    path.write_text(head + block + tail)
+
+
+def summary_block() -> str:
+    lines = [BEGIN, "", "| study | published | ours | details |", "|---|---|---|---|"]
+    for study in STUDIES:
+        result = study_rows(study)
+        if result is None:
+            value = study.not_run or "not run yet"
+        elif study.rows:
+            value = "; ".join(f"{'/'.join(map(str, k))}: {ours(study, result[0], k)}"
+                              for k in sorted({k for k, m, *_ in result[0] if m == study.metric}, key=str))
+        else:
+            value = ours(study, result[0])
+        lines.append(f"| {study.title} | {study.paper} | {value} | [experiments/{study.key}]"
+                     f"(experiments/{study.key}/README.md) |")
+    lines += ["", "Generated by `python scripts/repro_report.py` from the runs under results/ "
+              f"({machine()}).",
+              "", END]
+    return "\n".join(lines)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--readme", default=str(ROOT / "README.md"))
+    args = parser.parse_args()
+    for study in STUDIES:
+        replace_block(ROOT / "experiments" / study.key / "README.md", study_block(study))
+    readme = Path(args.readme)
+    text = readme.read_text()
+    marker = "## Reproductions"
+    if marker in text:
+        head, rest = text.split(marker, 1)
+        section = rest.split("\n## ", 1)
+        body = section[0]
+        if BEGIN in body:
+            pre, post = body.split(BEGIN, 1)
+            post = post.split(END, 1)[1] if END in post else ""
+            body = pre + summary_block() + post
+        else:
+            body = body.rstrip() + "\n\n" + summary_block() + "\n\n"
+        readme.write_text(head + marker + body + ("\n## " + section[1] if len(section) > 1 else ""))
+    print("\n".join(study_block(s) for s in STUDIES[:1]))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
