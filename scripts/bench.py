@@ -44,17 +44,21 @@ def load_images(n: int):
     return data.load(DataConfig(train_limit=n)).train.images
 
 
-def timed_epochs(run_epoch, epochs: int = 2) -> float:
-    """Seconds of the last epoch (the first one compiles / warms up)."""
-    seconds = 0.0
+def timed_epochs(run_epoch, epochs: int = 2) -> tuple[float, float]:
+    """Wall and CPU seconds (all threads) of the last epoch; the first one compiles / warms up.
+
+    CPU time is the steadier figure on a shared machine: other processes' load stretches
+    the wall time but not the work done.
+    """
+    seconds = (0.0, 0.0)
     for _ in range(epochs):
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         run_epoch()
-        seconds = time.perf_counter() - t0
+        seconds = (time.perf_counter() - t0, time.process_time() - c0)
     return seconds
 
 
-def worker_aeflax(model: str, n: int, batch: int) -> float:
+def worker_aeflax(model: str, n: int, batch: int) -> tuple[float, float]:
     import jax
 
     sys.path.insert(0, str(ROOT / "tests"))
@@ -122,7 +126,7 @@ def keras_model(model: str):
     return keras.Model(x, layers.Concatenate()([logits, mean, logvar])), neg_elbo
 
 
-def worker_keras(model: str, n: int, batch: int) -> float:
+def worker_keras(model: str, n: int, batch: int) -> tuple[float, float]:
     import keras
 
     x = load_images(n).astype("float32") / 255.0
@@ -150,7 +154,7 @@ def torch_model(model: str):
                           nn.Linear(512, 784))))
 
 
-def worker_pytorch(model: str, n: int, batch: int) -> float:
+def worker_pytorch(model: str, n: int, batch: int) -> tuple[float, float]:
     import torch
     import torch.nn.functional as F
 
@@ -225,7 +229,7 @@ def flops(shapes) -> float:
 
 # --- the parts of the table ------------------------------------------------------------
 
-def run_worker(framework: str, model: str, n: int, batch: int) -> float:
+def run_worker(framework: str, model: str, n: int, batch: int) -> tuple[float, float]:
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", WANDB_MODE="disabled")
     if framework.startswith("keras"):
         env["KERAS_BACKEND"] = framework.split("-")[1]
@@ -233,29 +237,33 @@ def run_worker(framework: str, model: str, n: int, batch: int) -> float:
                           "--batch", str(batch)], env=env, capture_output=True, text=True, cwd=ROOT)
     if out.returncode:
         print(f"  {framework} {model} failed: {out.stderr.strip().splitlines()[-1:]}", file=sys.stderr)
-        return float("nan")
-    return json.loads(out.stdout.strip().splitlines()[-1])["seconds"]
+        return float("nan"), float("nan")
+    return tuple(json.loads(out.stdout.strip().splitlines()[-1])["seconds"])
 
 
 def train_rows(smoke: bool, frameworks=FRAMEWORKS) -> list[str]:
     import jax
 
-    rows = ["| model | batch | framework | s / epoch (60k) | samples / s | x aeflax |",
-            "|---|---:|---|---:|---:|---:|"]
+    rows = ["| model | batch | framework | s / epoch (60k) | samples / s | x aeflax | CPU s / epoch "
+            "| x aeflax (CPU) |",
+            "|---|---:|---|---:|---:|---:|---:|---:|"]
     limits = ["| model | GFLOP / epoch | matmul GFLOP/s (own shapes) | matmul limit s / epoch "
               "| aeflax / limit |",
               "|---|---:|---:|---:|---:|"]
     for model, (batch, n_full) in MODELS.items():
         n = 4 * batch if smoke else n_full
         per_epoch = {}
+        cpu = {}
         for fw in frameworks:
-            seconds = run_worker(fw, model, n, batch) * FULL / n
-            per_epoch[fw] = seconds
-            print(f"  {model} {fw}: {seconds:.2f} s/epoch", file=sys.stderr, flush=True)
+            wall, cpu_s = run_worker(fw, model, n, batch)
+            per_epoch[fw], cpu[fw] = wall * FULL / n, cpu_s * FULL / n
+            print(f"  {model} {fw}: {per_epoch[fw]:.2f} s/epoch, CPU {cpu[fw]:.2f} s", file=sys.stderr,
+                  flush=True)
         for fw in frameworks:
-            s = per_epoch[fw]
-            ratio = s / per_epoch.get("aeflax", float("nan"))
-            rows.append(f"| {model} | {batch} | {fw} | {s:.2f} | {FULL / s:,.0f} | {ratio:.2f} |")
+            s, c = per_epoch[fw], cpu[fw]
+            ratio, cpu_ratio = s / per_epoch.get("aeflax", float("nan")), c / cpu.get("aeflax", float("nan"))
+            rows.append(f"| {model} | {batch} | {fw} | {s:.2f} | {FULL / s:,.0f} | {ratio:.2f} | {c:.2f} "
+                        f"| {cpu_ratio:.2f} |")
         steps = FULL // batch
         shapes = step_matmuls(model, batch)
         repeats = 4 if smoke else min(steps, 500)
