@@ -262,9 +262,9 @@ def fit(cfg, dataset, *, state: Optional[TrainState] = None, graphdef=None,
     Raises NonFiniteLoss when a training or evaluation metric is not finite.
     """
     if _TRAINED and (state is None or int(state.epoch) == 0):
-        trained = _TRAINED.pop(config_key(cfg), None)
-        if trained is not None:
-            return _replay(trained, on_epoch)
+        waiting = _TRAINED.get(config_key(cfg))
+        if waiting:
+            return _replay(waiting.pop(0), on_epoch)
     batch_size = min(cfg.train.batch_size, len(dataset.train))
     mesh = parallel.data_mesh(batch_size)  # None on one device
     train_images = parallel.replicate(dataset.train.images, mesh)
@@ -307,18 +307,21 @@ class Trained:
     states: list[TrainState]  # host copies, states[e] after epoch e + 1
 
 
-_TRAINED: dict[str, Trained] = {}
+_TRAINED: dict[str, list[Trained]] = {}
+NOT_TRAINING = ("hydra", "logger", "eval", "name", "fresh")  # config parts training never reads
 
 
 def config_key(cfg) -> str:
-    """The run's whole config as canonical JSON (Hydra's own node left out)."""
+    """What training reads of the config, as canonical JSON (the entry point may still
+    adjust the rest, e.g. W&B tags, between the launcher and `fit`)."""
     import json
 
     from omegaconf import OmegaConf
 
     node = cfg if OmegaConf.is_config(cfg) else OmegaConf.structured(cfg)
     tree = OmegaConf.to_container(node, resolve=True)
-    tree.pop("hydra", None)
+    for name in NOT_TRAINING:
+        tree.pop(name, None)
     return json.dumps(tree, sort_keys=True, default=str)
 
 
@@ -329,7 +332,7 @@ def provide_trained(cfg, trained: Trained) -> None:
     each member's usual `train_and_evaluate`, whose `fit` call lands here: the run record,
     checkpoints, evaluation and W&B run are written by the same code as a solo run's.
     """
-    _TRAINED[config_key(cfg)] = trained
+    _TRAINED.setdefault(config_key(cfg), []).append(trained)
 
 
 def _replay(trained: Trained, on_epoch) -> FitResult:

@@ -32,8 +32,7 @@ VMAPPED = ("seed", "optimizer.learning_rate", "optimizer.weight_decay", "loss.be
 # weights whose zero / non-zero switches a term on or off (a different program)
 SWITCHES = ("penalty.l1_activity", "penalty.kl_sparsity", "penalty.contractive", "penalty.l1_weight",
             "penalty.l2_weight")
-# what the training program never reads (each member keeps its own)
-IGNORED = ("name", "fresh", "logger", "eval", "hydra")
+IGNORED = training.NOT_TRAINING  # each member keeps its own
 
 
 def _tree(cfg) -> dict:

@@ -109,14 +109,17 @@ def test_vmap_launcher_writes_every_members_record(tmp_path, fmnist_small):
                           "hydra.sweep.subdir=${hydra.job.num}"],
                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=240)
     assert out.returncode == 0, out.stderr[-3000:]
+    epoch_seconds = set()
     for seed in (0, 1):
         run = Path(tmp_path) / str(seed)
         summary = json.loads((run / "summary.json").read_text())
+        epoch_seconds.add(summary["time/epoch_seconds"])
         assert summary["status"] == "finished" and summary["seed"] == seed
         assert json.loads((run / "metrics.jsonl").read_text().splitlines()[0])["epoch"] == 1
         assert (run / "checkpoints").is_dir() and (run / ".hydra" / "config.yaml").exists()
         solo = training.fit(make_cfg(*args, f"seed={seed}"), fmnist_small, progress=False)
         assert np.isclose(summary["test/mse"], solo.history[-1]["test/mse"], rtol=1e-5)
+    assert len(epoch_seconds) == 1  # one shared epoch: replayed from the group, not trained again
 
 
 DP_SCRIPT = """
