@@ -90,7 +90,7 @@ class OptimizerConfig:
     b2: float = 0.999
     eps: float = 1e-7  # Keras' default
     weight_decay: float = 0.0  # decoupled (adamw)
-    schedule: str = "constant"  # constant | cosine | exponential
+    schedule: str = "constant"  # constant | cosine | exponential | burda (Burda et al.'s 8 stages)
     decay_rate: float = 0.1  # exponential: factor over the whole run
     grad_clip: float = 0.0  # global-norm clip; 0 = off
 
@@ -212,7 +212,7 @@ def validate(cfg: Any) -> None:
            "penalty.kl_sparsity needs a sigmoid code (bottleneck.activation=sigmoid)")
     check_variant(cfg)
     _one_of(o.name, ("adam", "adamw", "sgd"), "optimizer.name")
-    _one_of(o.schedule, ("constant", "cosine", "exponential"), "optimizer.schedule")
+    _one_of(o.schedule, ("constant", "cosine", "exponential", "burda"), "optimizer.schedule")
     _check(0 <= o.b1 < 1 and 0 <= o.b2 < 1, f"optimizer.b1={o.b1} and b2={o.b2} must be in [0, 1)")
     _check(o.eps > 0, f"optimizer.eps={o.eps} must be > 0")
     _check(o.decay_rate > 0, f"optimizer.decay_rate={o.decay_rate} must be > 0")
@@ -224,6 +224,9 @@ def validate(cfg: Any) -> None:
     _check(t.checkpoint_every >= 0, f"train.checkpoint_every={t.checkpoint_every} must be >= 0")
     _check(t.early_stopping_patience >= 0,
            f"train.early_stopping_patience={t.early_stopping_patience} must be >= 0")
+    _check(not (t.early_stopping_patience and not d.val_size),
+           "train.early_stopping_patience needs a validation split (data.val_size > 0); stopping on the "
+           "test set would select the model on test data")
     _check(cfg.seed >= 0, f"seed={cfg.seed} must be >= 0")
     _check(d.val_size >= 0, f"data.val_size={d.val_size} must be >= 0")
     for key in ("train_limit", "test_limit"):

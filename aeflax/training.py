@@ -86,7 +86,18 @@ def make_optimizer(cfg, steps_per_epoch: int) -> optax.GradientTransformation:
         parts.append(optax.scale_by_schedule(optax.cosine_decay_schedule(1.0, total)))
     elif o.schedule == "exponential":
         parts.append(optax.scale_by_schedule(optax.exponential_decay(1.0, total, o.decay_rate)))
+    elif o.schedule == "burda":
+        parts.append(optax.scale_by_schedule(burda_schedule(steps_per_epoch)))
     return optax.chain(*parts) if parts else optax.identity()
+
+
+def burda_schedule(steps_per_epoch: int, stages: int = 8):
+    """Burda et al. 2015: stage i (i = 0..7) runs 3^i epochs at 10^(-i/7) times the learning rate."""
+    boundaries, epoch = {}, 0
+    for i in range(stages - 1):
+        epoch += 3**i
+        boundaries[epoch * steps_per_epoch] = 10 ** (-1 / 7)
+    return optax.piecewise_constant_schedule(1.0, boundaries)
 
 
 def hyperparameters(cfg, steps_per_epoch: int) -> dict[str, jax.Array]:
@@ -259,6 +270,8 @@ def fit(cfg, dataset, *, state: Optional[TrainState] = None, graphdef=None,
     """Train for cfg.train.epochs (continuing from `state` if given), evaluating each epoch.
 
     `on_epoch(epoch, metrics, state)` is called after every epoch (logging, checkpoints).
+    With cfg.train.early_stopping_patience > 0, training stops once the validation loss has
+    not improved for that many epochs and the result holds the best epoch's state.
     Raises NonFiniteLoss when a training or evaluation metric is not finite.
     """
     if _TRAINED and (state is None or int(state.epoch) == 0):
@@ -280,6 +293,8 @@ def fit(cfg, dataset, *, state: Optional[TrainState] = None, graphdef=None,
 
     history: list[Metrics] = []
     start = int(state.epoch)
+    patience = cfg.train.early_stopping_patience
+    best_loss, best_epoch, best_state = math.inf, start, None
     bar = _progress(range(start, cfg.train.epochs), progress, initial=start, total=cfg.train.epochs)
     for epoch in bar:
         t0 = time.perf_counter()
@@ -293,6 +308,14 @@ def fit(cfg, dataset, *, state: Optional[TrainState] = None, graphdef=None,
                              f"{eval_name}/loss": f"{metrics[f'{eval_name}/loss']:.4g}"})
         if on_epoch is not None:
             on_epoch(epoch + 1, metrics, state)
+        if patience:
+            if metrics[f"{eval_name}/loss"] < best_loss:
+                best_loss, best_epoch = metrics[f"{eval_name}/loss"], epoch + 1
+                best_state = jax.tree.map(jnp.copy, state)  # the next epoch donates `state`
+            elif epoch + 1 - best_epoch >= patience:
+                break
+    if best_state is not None:
+        state = best_state
     return FitResult(graphdef, state, history)
 
 

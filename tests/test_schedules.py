@@ -1,0 +1,37 @@
+"""Learning-rate schedules and early stopping, with known values."""
+
+import numpy as np
+import pytest
+from conftest import make_cfg
+
+from aeflax import training
+from aeflax.config import ConfigError, validate
+
+
+def test_burda_schedule_stages():
+    sched = training.burda_schedule(steps_per_epoch=10)
+    # stage i lasts 3^i epochs at 10^(-i/7): epochs [0,1) stage 0, [1,4) stage 1, [4,13) stage 2, ...
+    for epoch, stage in [(0, 0), (1, 1), (3, 1), (4, 2), (12, 2), (13, 3), (1093, 7), (3279, 7)]:
+        np.testing.assert_allclose(float(sched(epoch * 10)), 10 ** (-stage / 7), rtol=1e-5)
+    assert sum(3**i for i in range(8)) == 3280  # the paper's total number of epochs
+
+
+def test_early_stopping_keeps_the_best_epoch(fmnist_small):
+    # a learning rate this high makes the validation loss rise after the first epochs
+    cfg = make_cfg("train.epochs=12", "train.batch_size=32", "data.val_size=500",
+                   "train.early_stopping_patience=2", "optimizer.learning_rate=0.05")
+    from aeflax import data
+    from aeflax.config import DataConfig
+
+    ds = data.load(DataConfig(val_size=500, train_limit=1500, test_limit=200))
+    result = training.fit(cfg, ds, progress=False)
+    losses = [h["val/loss"] for h in result.history]
+    best = int(np.argmin(losses)) + 1
+    assert int(result.state.epoch) == best  # the state is the best epoch's
+    assert len(losses) < 12 and len(losses) == best + 2  # stopped `patience` epochs after the best
+    assert all(loss >= losses[best - 1] for loss in losses[best:])
+
+
+def test_early_stopping_needs_a_validation_split():
+    with pytest.raises(ConfigError, match="needs a validation split"):
+        validate(make_cfg("train.early_stopping_patience=5"))
