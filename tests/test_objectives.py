@@ -186,3 +186,14 @@ def test_kl_warmup_ramps_linearly_to_beta():
     weights = [float(training.kl_weight(hp, s)) for s in (0, 49, 99, 500)]
     np.testing.assert_allclose(weights, [0.04, 2.0, 4.0, 4.0], rtol=1e-6)
     assert float(training.kl_weight(dict(hp, warmup_steps=jnp.float32(0)), 0)) == 4.0
+
+
+def test_stable_bce_equals_optax():
+    import optax
+
+    from aeflax.objectives import sigmoid_bce
+
+    logits = jnp.linspace(-40.0, 40.0, 801)
+    x = jnp.linspace(0.0, 1.0, 801)
+    np.testing.assert_allclose(sigmoid_bce(logits, x), optax.sigmoid_binary_cross_entropy(logits, x),
+                               atol=2e-6)
