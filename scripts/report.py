@@ -213,7 +213,9 @@ README_TABLES = {
          "probe/raw_accuracy time/eval/probe_seconds"),
         ("results/repro_exemplar_vae_cpu", "--metric test/nll_k5000 test/elbo test/active_units "
          "time/eval/likelihood_seconds"),
-        ("results/sweep_noise", "--rows variant --cols noise.std --metric denoise/psnr_gain"),
+        ("results/denoising_eval", "--metric " + " ".join(
+            f"denoise/{m}@{level}" for level in (0.1, 0.2, 0.3, 0.5)
+            for m in ("noisy_psnr", "psnr", "psnr_gain"))),
         ("results/repro_anomaly", "--rows data.normal_class --metric anomaly/auroc"),
     ],
     "sweeps": [
