@@ -54,6 +54,17 @@ def save(mgr: ocp.CheckpointManager, epoch: int, state) -> None:
     os.replace(tmp, path)
 
 
+def save_final(mgr: ocp.CheckpointManager, state) -> None:
+    """Make `state` the run's last checkpoint. After early stopping the kept state is an earlier
+    epoch's: later checkpoints are deleted so that restoring (resume, load_run, evaluate.py)
+    gives the model the run reports."""
+    epoch = int(state.epoch)
+    for step in [s for s in mgr.all_steps() if s > epoch]:
+        mgr.delete(step)
+    if epoch not in mgr.all_steps():
+        save(mgr, epoch, state)
+
+
 def latest_epoch(mgr: ocp.CheckpointManager) -> Optional[int]:
     absl = logging.getLogger("absl")
     level = absl.level

@@ -157,7 +157,8 @@ def _train(cfg, dataset: data.Dataset, workdir: Path, record: RunRecord, tracker
 
     result = training.fit(cfg, dataset, state=state, graphdef=graphdef, on_epoch=on_epoch, progress=progress)
     result.history = earlier + result.history  # every epoch, those before a resume included
-    final = dict(result.history[-1])
+    checkpoint.save_final(mgr, result.state)  # the kept state (the best epoch's after early stopping)
+    final = dict(next(h for h in reversed(result.history) if h["epoch"] == int(result.state.epoch)))
     if dataset.val is not None:  # the held-out test set, once, at the end
         hp = training.hyperparameters(cfg, 1)
         evaluate = jax.jit(training.make_evaluate(result.graphdef, cfg, len(dataset.test), "test"))

@@ -35,3 +35,19 @@ def test_early_stopping_keeps_the_best_epoch(fmnist_small):
 def test_early_stopping_needs_a_validation_split():
     with pytest.raises(ConfigError, match="needs a validation split"):
         validate(make_cfg("train.early_stopping_patience=5"))
+
+
+def test_an_early_stopped_run_records_and_keeps_the_best_epoch(tmp_path):
+    import json
+
+    from aeflax import checkpoint
+    from aeflax.run import train_and_evaluate
+
+    cfg = make_cfg("train.epochs=12", "train.batch_size=32", "data.val_size=500", "data.train_limit=1500",
+                   "data.test_limit=200", "train.early_stopping_patience=2", "optimizer.learning_rate=0.05")
+    summary = train_and_evaluate(cfg, tmp_path, progress=False)
+    points = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    val = {p["epoch"]: p["val/loss"] for p in points if "train/loss" in p}
+    best = min(val, key=val.get)
+    assert len(val) < 12 and summary["epochs"] == best and summary["val/loss"] == val[best]
+    assert checkpoint.latest_epoch(checkpoint.manager(tmp_path)) == best  # what load_run restores
