@@ -277,7 +277,7 @@ def fit(cfg, dataset, *, state: Optional[TrainState] = None, graphdef=None,
     if _TRAINED and (state is None or int(state.epoch) == 0):
         waiting = _TRAINED.get(config_key(cfg))
         if waiting:
-            return _replay(waiting.pop(0), on_epoch)
+            return _replay(waiting.pop(0), on_epoch, cfg)
     batch_size = min(cfg.train.batch_size, len(dataset.train))
     mesh = parallel.data_mesh(batch_size)  # None on one device
     train_images = parallel.replicate(dataset.train.images, mesh)
@@ -293,8 +293,7 @@ def fit(cfg, dataset, *, state: Optional[TrainState] = None, graphdef=None,
 
     history: list[Metrics] = []
     start = int(state.epoch)
-    patience = cfg.train.early_stopping_patience
-    best_loss, best_epoch, best_state = math.inf, start, None
+    stopper = EarlyStopping(cfg.train.early_stopping_patience, f"{eval_name}/loss", start)
     bar = _progress(range(start, cfg.train.epochs), progress, initial=start, total=cfg.train.epochs)
     for epoch in bar:
         t0 = time.perf_counter()
@@ -308,15 +307,27 @@ def fit(cfg, dataset, *, state: Optional[TrainState] = None, graphdef=None,
                              f"{eval_name}/loss": f"{metrics[f'{eval_name}/loss']:.4g}"})
         if on_epoch is not None:
             on_epoch(epoch + 1, metrics, state)
-        if patience:
-            if metrics[f"{eval_name}/loss"] < best_loss:
-                best_loss, best_epoch = metrics[f"{eval_name}/loss"], epoch + 1
-                best_state = jax.tree.map(jnp.copy, state)  # the next epoch donates `state`
-            elif epoch + 1 - best_epoch >= patience:
-                break
-    if best_state is not None:
-        state = best_state
-    return FitResult(graphdef, state, history)
+        if stopper.should_stop(metrics, state):
+            break
+    return FitResult(graphdef, stopper.best_state or state, history)
+
+
+class EarlyStopping:
+    """Stop once `metric` (the validation loss) has not improved for `patience` epochs; keep
+    the best epoch's state. patience 0 never stops and keeps nothing."""
+
+    def __init__(self, patience: int, metric: str, start_epoch: int = 0):
+        self.patience, self.metric = patience, metric
+        self.best_loss, self.best_epoch, self.best_state = math.inf, start_epoch, None
+
+    def should_stop(self, metrics: Metrics, state: TrainState) -> bool:
+        if not self.patience:
+            return False
+        if metrics[self.metric] < self.best_loss:
+            self.best_loss, self.best_epoch = metrics[self.metric], metrics["epoch"]
+            self.best_state = jax.tree.map(jnp.copy, state)  # the next epoch donates `state`
+            return False
+        return metrics["epoch"] - self.best_epoch >= self.patience
 
 
 # --- runs trained elsewhere (members of a vectorized sweep group) ----------------------
@@ -358,14 +369,19 @@ def provide_trained(cfg, trained: Trained) -> None:
     _TRAINED.setdefault(config_key(cfg), []).append(trained)
 
 
-def _replay(trained: Trained, on_epoch) -> FitResult:
-    history = []
+def _replay(trained: Trained, on_epoch, cfg) -> FitResult:
+    """`fit`'s loop over epochs trained elsewhere: the same records, checks and early stopping."""
+    history, state = [], None
+    metric = "val/loss" if "val/loss" in trained.history[0] else "test/loss"  # as dataset.eval_split
+    stopper = EarlyStopping(cfg.train.early_stopping_patience, metric)
     for metrics, state in zip(trained.history, trained.states, strict=True):
         check_finite(metrics, metrics["epoch"])
         history.append(metrics)
         if on_epoch is not None:
             on_epoch(metrics["epoch"], metrics, state)
-    return FitResult(trained.graphdef, jax.device_put(trained.states[-1]), history)
+        if stopper.should_stop(metrics, state):
+            break
+    return FitResult(trained.graphdef, jax.device_put(stopper.best_state or state), history)
 
 
 def check_finite(metrics: Metrics, epoch: int) -> None:
