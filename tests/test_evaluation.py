@@ -41,6 +41,30 @@ def test_ssim_known_values():
     assert np.all(evaluation.ssim(noisy, x) < 0.9)
 
 
+def test_ssim_equals_the_windowed_definition():
+    """The separable-matmul filtering equals a direct 11x11 Gaussian window over every valid position."""
+    rng = np.random.default_rng(1)
+    x = rng.random((2, 13, 14, 2)).astype(np.float32)
+    y = np.clip(x + 0.2 * rng.standard_normal(x.shape), 0, 1).astype(np.float32)
+    g = np.exp(-((np.arange(11) - 5) ** 2) / (2 * 1.5**2))
+    w = np.outer(g, g) / np.sum(g) ** 2
+    c1, c2 = 0.01**2, 0.03**2
+    expected = np.zeros(2)
+    for n in range(2):
+        values = []
+        for c in range(2):
+            for i in range(13 - 10):
+                for j in range(14 - 10):
+                    a, b = y[n, i:i + 11, j:j + 11, c], x[n, i:i + 11, j:j + 11, c]
+                    ma, mb = np.sum(w * a), np.sum(w * b)
+                    va, vb = np.sum(w * a * a) - ma**2, np.sum(w * b * b) - mb**2
+                    cov = np.sum(w * a * b) - ma * mb
+                    num = (2 * ma * mb + c1) * (2 * cov + c2)
+                    values.append(num / ((ma**2 + mb**2 + c1) * (va + vb + c2)))
+        expected[n] = np.mean(values)
+    np.testing.assert_allclose(evaluation.ssim(y, x), expected, rtol=1e-5, atol=1e-6)
+
+
 def test_auroc_known_values_and_sklearn():
     labels = np.array([0, 0, 0, 1, 1])
     assert evaluation.auroc(labels, [0.1, 0.2, 0.3, 0.8, 0.9]) == 1.0
