@@ -44,6 +44,17 @@ def bce_from_logits(logits, x):
     return jnp.mean(sigmoid_bce(_flat(logits), _flat(x)), axis=-1)
 
 
+def bce_from_sigmoid(logits, probs, x):
+    """`bce_from_logits` when `probs` = sigmoid(logits) is already computed (the training metric).
+
+    log1p(exp(-|l|)) = -log(max(p, 1 - p)): one transcendental per pixel instead of two
+    (the train step of the seed AE: 0.39 -> 0.34 s per epoch on 2 CPU cores). Differs from
+    the logits form by under 1e-7 nats per pixel (where p rounds to 1 in float32).
+    """
+    logits, probs, x = _flat(logits), _flat(probs), _flat(x)
+    return jnp.mean(jnp.maximum(logits, 0) - logits * x - jnp.log(jnp.maximum(probs, 1 - probs)), axis=-1)
+
+
 def psnr(recon, x):
     """PSNR in dB for images in [0, 1]: 10 log10(1 / MSE), per image."""
     return 10.0 * jnp.log10(1.0 / jnp.maximum(mse(recon, x), 1e-12))
@@ -193,8 +204,10 @@ def loss_and_metrics(model, x_in, x_target, key, hp, cfg, train: bool = True):
     lo, pen, kind = cfg.loss, cfg.penalty, cfg.bottleneck.kind
     variational = lo.name in ("elbo", "iwae")
     out = model(x_in, key=key if variational else None, train=train)
-    metrics = {"mse": jnp.mean(mse(out["recon"], x_target)),
-               "bce": jnp.mean(bce_from_logits(out["logits"], x_target))}
+    bce = (bce_from_sigmoid(out["logits"], out["recon"], x_target)
+           if cfg.model.output_activation == "sigmoid" and lo.name != "bce"
+           else bce_from_logits(out["logits"], x_target))  # exact where it is the loss
+    metrics = {"mse": jnp.mean(mse(out["recon"], x_target)), "bce": jnp.mean(bce)}
 
     if lo.name in ("mse", "bce"):
         loss = metrics[lo.name]

@@ -148,11 +148,15 @@ def _train(cfg, dataset: data.Dataset, workdir: Path, record: RunRecord, tracker
     earlier = [p for p in read_metrics(workdir) if "epoch_seconds" in p]  # fit's points before the checkpoint
     summary["time/startup_seconds"] = time.time() - started
 
+    # a member of a vmapped sweep group replays epochs trained already: only its last checkpoint
+    # is worth the write (a crash during the replay, about a second, retrains that run alone)
+    replaying = training.will_replay(cfg, state)
+
     def on_epoch(epoch, metrics, state):
         record.log(metrics)
         tracker.log(metrics, step=epoch)
         every = cfg.train.checkpoint_every
-        if epoch == cfg.train.epochs or (every and epoch % every == 0):
+        if epoch == cfg.train.epochs or (every and epoch % every == 0 and not replaying):
             checkpoint.save(mgr, epoch, state)
 
     result = training.fit(cfg, dataset, state=state, graphdef=graphdef, on_epoch=on_epoch, progress=progress)

@@ -274,10 +274,8 @@ def fit(cfg, dataset, *, state: Optional[TrainState] = None, graphdef=None,
     not improved for that many epochs and the result holds the best epoch's state.
     Raises NonFiniteLoss when a training or evaluation metric is not finite.
     """
-    if _TRAINED and (state is None or int(state.epoch) == 0):
-        waiting = _TRAINED.get(config_key(cfg))
-        if waiting:
-            return _replay(waiting.pop(0), on_epoch, cfg)
+    if will_replay(cfg, state):
+        return _replay(_TRAINED[config_key(cfg)].pop(0), on_epoch, cfg)
     batch_size = min(cfg.train.batch_size, len(dataset.train))
     mesh = parallel.data_mesh(batch_size)  # None on one device
     train_images = parallel.replicate(dataset.train.images, mesh)
@@ -367,6 +365,13 @@ def provide_trained(cfg, trained: Trained) -> None:
     checkpoints, evaluation and W&B run are written by the same code as a solo run's.
     """
     _TRAINED.setdefault(config_key(cfg), []).append(trained)
+
+
+def will_replay(cfg, state: Optional[TrainState] = None) -> bool:
+    """True when `fit(cfg, state=state)` will replay a vmapped group's result instead of training."""
+    if not _TRAINED or (state is not None and int(state.epoch) > 0):
+        return False
+    return bool(_TRAINED.get(config_key(cfg)))
 
 
 def _replay(trained: Trained, on_epoch, cfg) -> FitResult:

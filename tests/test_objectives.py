@@ -197,3 +197,12 @@ def test_stable_bce_equals_optax():
     x = jnp.linspace(0.0, 1.0, 801)
     np.testing.assert_allclose(sigmoid_bce(logits, x), optax.sigmoid_binary_cross_entropy(logits, x),
                                atol=2e-6)
+
+
+def test_bce_from_sigmoid_equals_the_logits_form():
+    from aeflax.objectives import bce_from_logits, bce_from_sigmoid
+
+    logits = jnp.linspace(-40.0, 40.0, 784).reshape(1, 28, 28, 1)
+    x = jnp.linspace(0.0, 1.0, 784).reshape(1, 28, 28, 1)
+    np.testing.assert_allclose(bce_from_sigmoid(logits, jax.nn.sigmoid(logits), x),
+                               bce_from_logits(logits, x), rtol=1e-6)
