@@ -27,14 +27,15 @@ log = logging.getLogger(__name__)
 class VmapLauncherConf:
     _target_: str = "hydra_plugins.aeflax_vmap_launcher.vmap_launcher.VmapLauncher"
     progress: bool = True  # a progress bar per group
+    chunk: Optional[int] = None  # members side by side in one vmap; null: 2 on CPU, all elsewhere
 
 
 ConfigStore.instance().store(group="hydra/launcher", name="vmap", node=VmapLauncherConf, provider="aeflax")
 
 
 class VmapLauncher(Launcher):
-    def __init__(self, progress: bool = True) -> None:
-        self.progress = progress
+    def __init__(self, progress: bool = True, chunk: Optional[int] = None) -> None:
+        self.progress, self.chunk = progress, chunk
         self.config: Optional[DictConfig] = None
         self.task_function: Optional[TaskFunction] = None
         self.hydra_context: Optional[HydraContext] = None
@@ -71,7 +72,8 @@ class VmapLauncher(Launcher):
         for members in groups:
             if len(members) > 1:
                 try:
-                    vmap_sweep.provide([task_configs[i] for i in members], progress=self.progress)
+                    vmap_sweep.provide([task_configs[i] for i in members], progress=self.progress,
+                                       chunk=self.chunk)
                 except Exception as err:  # noqa: BLE001 - the members then train alone and report it
                     log.warning(f"jobs {members} could not train as one program "
                                 f"({type(err).__name__}: {err}); training them one by one")
