@@ -31,7 +31,7 @@ from flax import nnx
 from threadpoolctl import threadpool_limits
 from tqdm.auto import tqdm
 
-from aeflax import corruption, figures, objectives, training
+from aeflax import corruption, objectives, training
 from aeflax.tracking import RunRecord
 
 # fold_in constants of evaluation's own random streams (beside training's)
@@ -321,6 +321,7 @@ def evaluate_run(cfg, result, dataset, workdir: Path, tracker, also_log: Optiona
 
 def likelihood_metrics(cfg, model, state, test, terms, metrics, paths, figdir) -> None:
     """VAE family: active units and KL per dimension (always, cheap); the IS-NLL when asked."""
+    from aeflax import figures  # matplotlib loads when a figure is drawn, not at start-up
     ev = cfg.eval
     metrics["test/active_units"] = active_units(terms["mean"])
     kl = kl_per_dim(terms["mean"], terms["logvar"])
@@ -339,6 +340,7 @@ def likelihood_metrics(cfg, model, state, test, terms, metrics, paths, figdir) -
 
 def denoising_metrics(cfg, model, state, test, metrics, paths, figdir) -> None:
     """Per noise level: PSNR / MSE of the denoised image and the noisy input's own PSNR."""
+    from aeflax import figures  # matplotlib loads when a figure is drawn, not at start-up
     rows, denoise = [], denoiser(cfg, model, state)
     for level in cfg.eval.denoising_levels:
         d = denoise(test.images, float(level))
@@ -356,6 +358,7 @@ def denoising_metrics(cfg, model, state, test, metrics, paths, figdir) -> None:
 
 def anomaly_metrics(cfg, test, terms, metrics, paths, figdir) -> None:
     """One-class AUROC: every test image not of data.normal_class is an anomaly."""
+    from aeflax import figures  # matplotlib loads when a figure is drawn, not at start-up
     if cfg.data.normal_class is None:
         _skip("eval.anomaly", "needs a one-class run (data.normal_class=<class>)")
         return
@@ -397,6 +400,7 @@ def probe(cfg, model, dataset) -> dict:
 
 def pictures(cfg, model, state, dataset, figdir: Path) -> dict[str, Path]:
     """Original vs reconstruction, samples, interpolations and the 2-D code map."""
+    from aeflax import figures  # matplotlib loads when a figure is drawn, not at start-up
     test = dataset.test
     n = min(10, len(test))
     key = eval_key(state)

@@ -11,10 +11,12 @@ over. One process at a time holds it (a lock file).
 
 from __future__ import annotations
 
+import importlib
 import json
 import logging
 import os
 import shutil
+import threading
 import time
 from pathlib import Path
 from typing import Any, Optional
@@ -159,6 +161,8 @@ def _train(cfg, dataset: data.Dataset, workdir: Path, record: RunRecord, tracker
         if epoch == cfg.train.epochs or (every and epoch % every == 0 and not replaying):
             checkpoint.save(mgr, epoch, state)
 
+    if cfg.eval.figures:  # matplotlib (about 0.9 s) loads beside the training, not after it
+        threading.Thread(target=importlib.import_module, args=("aeflax.figures",), daemon=True).start()
     result = training.fit(cfg, dataset, state=state, graphdef=graphdef, on_epoch=on_epoch, progress=progress)
     result.history = earlier + result.history  # every epoch, those before a resume included
     checkpoint.save_final(mgr, result.state)  # the kept state (the best epoch's after early stopping)

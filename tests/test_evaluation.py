@@ -189,3 +189,15 @@ def test_vae_likelihood_on_real_images(fmnist_small, tmp_path):
     assert 0 < m["test/nll_k32"] < -np.mean(terms["elbo"][:100])
     assert 0 <= m["test/active_units"] <= 8 and len(m["test/kl_per_dim"]) == 8
     assert sum(m["test/kl_per_dim"]) == pytest.approx(np.mean(terms["kl"]), rel=1e-4)
+
+
+def test_pca_2d_equals_scikit_learn_up_to_sign():
+    from sklearn.decomposition import PCA
+
+    from aeflax import figures
+
+    rng = np.random.default_rng(0)
+    codes = rng.standard_normal((300, 6)) * np.array([5.0, 3.0, 1.0, 0.5, 0.2, 0.1])
+    ours, theirs = figures.pca_2d(codes), PCA(n_components=2).fit_transform(codes)
+    signs = np.sign(np.sum(ours * theirs, axis=0))
+    np.testing.assert_allclose(ours * signs, theirs, atol=1e-8)
