@@ -54,7 +54,8 @@ def pca_2d(codes: np.ndarray) -> np.ndarray:
     numpy rather than scikit-learn's PCA: the same projection up to each axis' sign, without
     the 1.1 s import of scikit-learn at the end of every run that draws figures.
     """
-    centred = np.asarray(codes, np.float64) - np.mean(codes, axis=0)
+    codes = np.asarray(codes, np.float64)
+    centred = codes - codes.mean(axis=0)
     _, _, vt = np.linalg.svd(centred, full_matrices=False)
     return centred @ vt[:2].T
 

@@ -286,8 +286,9 @@ def fit(cfg, dataset, *, state: Optional[TrainState] = None, graphdef=None,
     not improved for that many epochs and the result holds the best epoch's state.
     Raises NonFiniteLoss when a training or evaluation metric is not finite.
     """
-    if will_replay(cfg, state):
-        return _replay(_TRAINED[config_key(cfg)].pop(0), on_epoch, cfg)
+    queued = _queued(cfg, state)
+    if queued:
+        return _replay(queued.pop(0), on_epoch, cfg)
     batch_size = min(cfg.train.batch_size, len(dataset.train))
     mesh = parallel.data_mesh(batch_size)  # None on one device
     train_images = parallel.replicate(dataset.train.images, mesh)
@@ -379,11 +380,16 @@ def provide_trained(cfg, trained: Trained) -> None:
     _TRAINED.setdefault(config_key(cfg), []).append(trained)
 
 
+def _queued(cfg, state: Optional[TrainState]) -> Optional[list[Trained]]:
+    """The group results waiting for a fresh `fit(cfg)`; None when it will train itself."""
+    if not _TRAINED or (state is not None and int(state.epoch) > 0):
+        return None
+    return _TRAINED.get(config_key(cfg)) or None
+
+
 def will_replay(cfg, state: Optional[TrainState] = None) -> bool:
     """True when `fit(cfg, state=state)` will replay a vmapped group's result instead of training."""
-    if not _TRAINED or (state is not None and int(state.epoch) > 0):
-        return False
-    return bool(_TRAINED.get(config_key(cfg)))
+    return _queued(cfg, state) is not None
 
 
 def _replay(trained: Trained, on_epoch, cfg) -> FitResult:
