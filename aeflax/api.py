@@ -20,7 +20,7 @@ import jax
 import numpy as np
 from omegaconf import OmegaConf
 
-from aeflax import checkpoint, evaluation, training
+from aeflax import checkpoint, evaluation, parts, training
 from aeflax.config import Config
 from aeflax.tracking import read_summary
 
@@ -103,17 +103,13 @@ class Run:
         return self._map(self._recon, self.images(images))["image"]
 
     def sample(self, n: int, seed: int = 0, like=None) -> np.ndarray:
-        """n generated images: from the prior N(0, I) for VAEs; for other models from a
+        """n generated images: from the prior for the VAE family; for other models from a
         diagonal Gaussian fit to the codes of the images `like` (which must then be given)."""
-        key = jax.random.key(seed)
-        if self.cfg.bottleneck.kind == "gaussian":
-            z = jax.random.normal(key, (n, self.cfg.bottleneck.code_size))
-        elif like is None:
+        if not parts.bottleneck_of(self.cfg).posterior and like is None:
             raise ValueError(f"a {self.cfg.bottleneck.kind} autoencoder has no prior: pass like=<images> "
                              "to sample from a Gaussian fit to their codes")
-        else:
-            z = evaluation.sample_codes(self.cfg, self.encode(like), key, n)
-        return self.decode(np.asarray(z))
+        codes = None if like is None else self.encode(like)
+        return self.decode(np.asarray(evaluation.sample_codes(self.cfg, codes, jax.random.key(seed), n)))
 
     def _map(self, f, x) -> dict:
         return evaluation.map_batches(f, (x,), self.batch_size)

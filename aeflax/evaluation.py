@@ -16,6 +16,7 @@ them (same binarization and noise keys), so the numbers sit beside the run's own
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import time
@@ -31,7 +32,7 @@ from flax import nnx
 from threadpoolctl import threadpool_limits
 from tqdm.auto import tqdm
 
-from aeflax import corruption, objectives, training
+from aeflax import objectives, parts, training
 from aeflax.tracking import RunRecord
 
 # fold_in constants of evaluation's own random streams (beside training's)
@@ -100,8 +101,8 @@ def linear_probe(train_x, train_y, test_x, test_y) -> float:
     clf = make_pipeline(StandardScaler(), LogisticRegression(max_iter=1000))
     with warnings.catch_warnings(), threadpool_limits(1):  # lbfgs may stop at max_iter: still the protocol
         warnings.simplefilter("ignore")
-        clf.fit(_flat(train_x), train_y)
-        return float(clf.score(_flat(test_x), test_y))
+        clf.fit(flat(train_x), train_y)
+        return float(clf.score(flat(test_x), test_y))
 
 
 def knn_accuracy(train_x, train_y, test_x, test_y, k: int = 5) -> float:
@@ -109,8 +110,8 @@ def knn_accuracy(train_x, train_y, test_x, test_y, k: int = 5) -> float:
     from sklearn.neighbors import KNeighborsClassifier
 
     with threadpool_limits(1):
-        knn = KNeighborsClassifier(n_neighbors=k).fit(_flat(train_x), train_y)
-        return float(knn.score(_flat(test_x), test_y))
+        knn = KNeighborsClassifier(n_neighbors=k).fit(flat(train_x), train_y)
+        return float(knn.score(flat(test_x), test_y))
 
 
 def active_units(means, threshold: float = 1e-2) -> int:
@@ -124,9 +125,11 @@ def kl_per_dim(mean, logvar) -> np.ndarray:
     return np.mean(0.5 * (np.exp(logvar) + mean**2 - 1.0 - logvar), axis=0)
 
 
-def importance_nll(model, x, key, k: int, chunk: int, likelihood: str, std: float = 1.0):
+def importance_nll(log_weights: Callable, model, x, key, k: int, chunk: int, likelihood: str,
+                   std: float = 1.0):
     """-log p(x) per image, importance-sampled with k draws from q(z|x), `chunk` at a time.
 
+    `log_weights` is the bottleneck part's `importance_log_weights` (it knows q and the prior).
     log p(x) ~ logsumexp_i log w_i - log k; each chunk is reduced by logsumexp before the
     next is drawn (lax.map), so memory grows with `chunk`, not k. Samples past k are masked.
     """
@@ -135,7 +138,7 @@ def importance_nll(model, x, key, k: int, chunk: int, likelihood: str, std: floa
 
     def one(c):
         key_c = jax.random.fold_in(key, c)
-        log_w = objectives.importance_log_weights(model, x, key_c, chunk, likelihood, std)
+        log_w = log_weights(model, x, key_c, chunk, likelihood, std)
         valid = c * chunk + jnp.arange(chunk) < k
         return jax.nn.logsumexp(jnp.where(valid[:, None], log_w, -jnp.inf), axis=0)
 
@@ -143,7 +146,8 @@ def importance_nll(model, x, key, k: int, chunk: int, likelihood: str, std: floa
     return -(jax.nn.logsumexp(per_chunk, axis=0) - math.log(k))
 
 
-def _flat(a):
+def flat(a):
+    """[N, ...] -> [N, features] as numpy (codes and images for scikit-learn)."""
     a = np.asarray(a)
     return a.reshape(a.shape[0], -1)
 
@@ -196,24 +200,24 @@ def test_inputs(cfg, key, images, idx):
         bkeys = jax.vmap(lambda i: jax.random.fold_in(key, i))(idx)
         x = jax.vmap(lambda k, xi: jax.random.bernoulli(k, xi))(bkeys, x).astype(jnp.float32)
     nkeys = jax.vmap(lambda i: jax.random.fold_in(jax.random.fold_in(key, training.NOISE_STREAM), i))(idx)
-    std, prob = jnp.float32(cfg.noise.std), jnp.float32(cfg.noise.prob)
-    return corruption.corrupt(cfg.noise.kind, nkeys, x, std, prob), x
+    hp = {k: jnp.float32(v) for k, v in parts.noise_of(cfg).hyperparameters(cfg, 1).items()}
+    return parts.noise_of(cfg).corrupt_batch(nkeys, x, hp), x
 
 
 def test_terms(cfg, model, state, images, with_ssim: bool = True) -> dict:
     """Per-image terms on the test inputs: the objective's terms, SSIM, and q(z|x) for VAEs."""
     key = eval_key(state)
     bs = min(cfg.train.eval_batch_size, len(images))
-    variational = cfg.bottleneck.kind == "gaussian"
+    posterior = parts.bottleneck_of(cfg).posterior
 
     def fn(model, xb, idx):
         x_in, x = test_inputs(cfg, key, xb, idx)
         terms = objectives.eval_terms(model, x_in, x, jax.random.fold_in(key, idx[0] // bs), cfg)
-        if with_ssim or variational:  # a second pass: eval_terms keeps its outputs to itself
+        if with_ssim or posterior:  # a second pass: eval_terms keeps its outputs to itself
             out = model(x_in, train=False)
             if with_ssim:
                 terms["ssim"] = ssim(out["recon"], x)
-            if variational:
+            if posterior:
                 terms.update(mean=out["mean"], logvar=out["logvar"])
         return terms
 
@@ -234,7 +238,8 @@ def likelihood_nll(cfg, model, state, images) -> np.ndarray:
 
     def fn(model, xb, idx):
         _, x = test_inputs(cfg, eval_key(state), xb, idx)
-        return {"nll": importance_nll(model, x, jax.random.fold_in(key, idx[0]), ev.importance_samples,
+        return {"nll": importance_nll(parts.bottleneck_of(cfg).importance_log_weights, model, x,
+                                      jax.random.fold_in(key, idx[0]), ev.importance_samples,
                                       ev.importance_chunk, cfg.loss.likelihood, cfg.loss.likelihood_std)}
 
     return batched(fn, model, (images, np.arange(len(images))), bs,
@@ -246,13 +251,13 @@ def denoiser(cfg, model, state) -> Callable:
     their per-image MSE and PSNR. Noise is drawn once per image; one compiled program serves
     every level (the level is traced)."""
     key = jax.random.fold_in(eval_key(state), DENOISE_STREAM)
-    kind = cfg.eval.denoising_kind
+    noise = parts.registry()["noise"][cfg.eval.denoising_kind]
 
     def fn(model, xb, idx, level):
         x = xb.astype(jnp.float32) / 255.0
         level_key = jax.random.fold_in(key, jnp.round(level * 1e6).astype(jnp.int32))
         keys = jax.vmap(lambda i: jax.random.fold_in(level_key, i))(idx)
-        noisy = corruption.corrupt(kind, keys, x, level, level)
+        noisy = noise.corrupt_batch(keys, x, {f"noise_{noise.level}": level})
         recon = model(noisy, train=False)["recon"]
         return {"clean": x, "noisy": noisy, "recon": recon,
                 "mse": objectives.mse(recon, x), "psnr": psnr(recon, x), "noisy_psnr": psnr(noisy, x)}
@@ -268,49 +273,44 @@ def denoiser(cfg, model, state) -> Callable:
 
 # --- the whole evaluation of a run -----------------------------------------------------
 
-def _skip(what: str, why: str) -> None:
-    logging.getLogger(__name__).warning(f"{what} skipped: {why}")
+class Context:
+    """A trained run as the evaluation parts read it; the per-image test terms are computed once,
+    when a part first reads them."""
+
+    def __init__(self, cfg, model, state, dataset, figdir: Optional[Path]):
+        self.cfg, self.model, self.state, self.dataset, self.figdir = cfg, model, state, dataset, figdir
+
+    @functools.cached_property
+    def terms(self) -> dict:
+        return test_terms(self.cfg, self.model, self.state, self.dataset.test.images,
+                          with_ssim=self.cfg.eval.reconstruction)
 
 
 def evaluate_run(cfg, result, dataset, workdir: Path, tracker, also_log: Optional[dict] = None) -> dict:
-    """Run the evaluations `cfg.eval` asks for; log them (metrics.jsonl, W&B) and return them.
+    """Run every end-of-run evaluation part `cfg.eval` asks for; log the metrics and figures
+    (metrics.jsonl, W&B) and return the metrics.
 
     `result` has `.model` and `.state` (a training.FitResult). Metrics use slash names;
     figures go to workdir/figures and to W&B under figures/<name>; `also_log` joins the
-    logged point. The time each long use took is returned as time/eval/<use>_seconds.
+    logged point. A part that does not apply to the run is skipped with a note.
     """
     started = time.perf_counter()
-    ev, workdir = cfg.eval, Path(workdir)
-    model, state, test = result.model, result.state, dataset.test
-    variational = cfg.bottleneck.kind == "gaussian"
-    figdir = workdir / "figures" if ev.figures else None
+    workdir = Path(workdir)
+    ctx = Context(cfg, result.model, result.state, dataset, workdir / "figures" if cfg.eval.figures else None)
     metrics: dict = {}
     paths: dict[str, Path] = {}
-    terms = None
-    if ev.reconstruction or ev.anomaly or variational:
-        terms = test_terms(cfg, model, state, test.images, with_ssim=ev.reconstruction)
-    if ev.reconstruction:
-        metrics["test/ssim"] = float(np.mean(terms["ssim"]))
-        metrics["test/bce_per_image"] = float(np.mean(terms["bce"]) * math.prod(dataset.image_shape))
-    if variational:
-        likelihood_metrics(cfg, model, state, test, terms, metrics, paths, figdir)
-    elif ev.likelihood:
-        _skip("eval.likelihood", f"needs a VAE-family model (bottleneck=gaussian), not {cfg.bottleneck.kind}")
-    if ev.denoising_levels:
-        denoising_metrics(cfg, model, state, test, metrics, paths, figdir)
-    if ev.anomaly:
-        anomaly_metrics(cfg, test, terms, metrics, paths, figdir)
-    if ev.probe:
-        t0 = time.perf_counter()
-        metrics.update(probe(cfg, model, dataset))
-        metrics["time/eval/probe_seconds"] = (time.perf_counter() - t0
-                                              - metrics.get("time/eval/raw_probe_seconds", 0.0))
-    if ev.figures:
-        paths.update(pictures(cfg, model, state, dataset, figdir))
+    for part in parts.active(cfg, "eval"):
+        why = part.skip_reason(cfg)
+        if why:
+            logging.getLogger(__name__).warning(f"eval.{part.name} skipped: {why}")
+            continue
+        more, figures = part.run(ctx)
+        metrics.update(more)
+        paths.update(figures)
 
     metrics["time/eval_seconds"] = time.perf_counter() - started
     scalars = {**(also_log or {}), **{k: v for k, v in metrics.items() if not isinstance(v, list)}}
-    epoch, step = int(state.epoch), int(state.step)
+    epoch, step = int(result.state.epoch), int(result.state.step)
     RunRecord(workdir).log({**scalars, "epoch": epoch, "step": step})
     if tracker:
         tracker.log(scalars, step=epoch)
@@ -319,83 +319,14 @@ def evaluate_run(cfg, result, dataset, workdir: Path, tracker, also_log: Optiona
     return metrics
 
 
-def likelihood_metrics(cfg, model, state, test, terms, metrics, paths, figdir) -> None:
-    """VAE family: active units and KL per dimension (always, cheap); the IS-NLL when asked."""
-    from aeflax import figures  # matplotlib loads when a figure is drawn, not at start-up
-    ev = cfg.eval
-    metrics["test/active_units"] = active_units(terms["mean"])
-    kl = kl_per_dim(terms["mean"], terms["logvar"])
-    metrics["test/kl_per_dim"] = [float(v) for v in kl]
-    if figdir:
-        paths["kl_per_dim"] = figures.bars(kl, figdir / "kl_per_dim.png", "latent dimension",
-                                           "KL(q(z_u|x) || p(z_u)) [nats]")
-    if ev.likelihood:
-        t0 = time.perf_counter()
-        nll = likelihood_nll(cfg, model, state, test.images[:ev.likelihood_limit or len(test)])
-        # test/nll is DESIGN.md's name; test/nll_k<K> says K in the name for tables across K
-        metrics["test/nll"] = metrics[f"test/nll_k{ev.importance_samples}"] = float(np.mean(nll))
-        metrics["test/nll_samples"] = int(ev.importance_samples)
-        metrics["time/eval/likelihood_seconds"] = time.perf_counter() - t0
+def test_metrics(cfg, graphdef, state, test) -> dict:
+    """The epoch's evaluation (training.make_evaluate) on the test split: test/mse, test/loss, ...
 
-
-def denoising_metrics(cfg, model, state, test, metrics, paths, figdir) -> None:
-    """Per noise level: PSNR / MSE of the denoised image and the noisy input's own PSNR."""
-    from aeflax import figures  # matplotlib loads when a figure is drawn, not at start-up
-    rows, denoise = [], denoiser(cfg, model, state)
-    for level in cfg.eval.denoising_levels:
-        d = denoise(test.images, float(level))
-        at = f"@{float(level):g}"
-        metrics.update({f"denoise/psnr{at}": float(np.mean(d["psnr"])),
-                        f"denoise/mse{at}": float(np.mean(d["mse"])),
-                        f"denoise/noisy_psnr{at}": float(np.mean(d["noisy_psnr"])),
-                        f"denoise/psnr_gain{at}": float(np.mean(d["psnr"] - d["noisy_psnr"]))})
-        rows += [(f"noisy {level:g}", d["noisy"][:8]), (f"denoised {level:g}", d["recon"][:8])]
-    if figdir:
-        rows.insert(0, ("clean", d["clean"][:8]))
-        paths["denoising"] = figures.image_rows(rows, figdir / "denoising.png",
-                                                f"{cfg.eval.denoising_kind} noise: before / after")
-
-
-def anomaly_metrics(cfg, test, terms, metrics, paths, figdir) -> None:
-    """One-class AUROC: every test image not of data.normal_class is an anomaly."""
-    from aeflax import figures  # matplotlib loads when a figure is drawn, not at start-up
-    if cfg.data.normal_class is None:
-        _skip("eval.anomaly", "needs a one-class run (data.normal_class=<class>)")
-        return
-    variational = cfg.bottleneck.kind == "gaussian"
-    kind = cfg.eval.anomaly_score
-    kind = ("elbo" if variational else "recon") if kind == "auto" else kind
-    if kind == "elbo" and not variational:
-        _skip("eval.anomaly_score=elbo", "needs a VAE; scoring by reconstruction error")
-        kind = "recon"
-    scores = -terms["elbo"] if kind == "elbo" else terms["mse"]
-    is_anomaly = test.labels != cfg.data.normal_class
-    metrics["anomaly/auroc"] = auroc(is_anomaly, scores)
-    if figdir:
-        paths["anomaly_scores"] = figures.score_histogram(
-            scores, is_anomaly, figdir / "anomaly_scores.png",
-            f"normal class {cfg.data.normal_class}: {'-ELBO' if kind == 'elbo' else 'MSE'} "
-            f"(AUROC {metrics['anomaly/auroc']:.3f})")
-
-
-def probe(cfg, model, dataset) -> dict:
-    """Linear probe and k-NN on frozen codes (fit on train, scored on test), and on raw pixels."""
-    ev = cfg.eval
-    if cfg.data.normal_class is not None:
-        _skip("eval.probe", "a one-class run has one training label")
-        return {}
-    train = dataset.train.take(ev.probe_limit)
-    test = dataset.test
-    encode = encoder(model, cfg.train.eval_batch_size)
-    c_train, c_test = _flat(encode(train.images)), _flat(encode(test.images))
-    out = {"probe/accuracy": linear_probe(c_train, train.labels, c_test, test.labels),
-           "probe/knn_accuracy": knn_accuracy(c_train, train.labels, c_test, test.labels, ev.knn_k)}
-    if ev.probe_raw:
-        t0 = time.perf_counter()
-        out["probe/raw_accuracy"] = linear_probe(train.images / 255.0, train.labels,
-                                                 test.images / 255.0, test.labels)
-        out["time/eval/raw_probe_seconds"] = time.perf_counter() - t0
-    return out
+    Runs evaluated on a validation split each epoch get their test numbers here, once, at the end.
+    """
+    hp = training.hyperparameters(cfg, 1)
+    evaluate = jax.jit(training.make_evaluate(graphdef, cfg, len(test), "test"))
+    return {k: float(v) for k, v in evaluate(state, test.images, hp).items()}
 
 
 def pictures(cfg, model, state, dataset, figdir: Path) -> dict[str, Path]:
@@ -416,22 +347,23 @@ def pictures(cfg, model, state, dataset, figdir: Path) -> dict[str, Path]:
     test_codes = encoder(model, cfg.train.eval_batch_size)(test.images[:m])
     z = sample_codes(cfg, test_codes, jax.random.fold_in(key, SAMPLE_STREAM), 16)
     paths["samples"] = figures.image_grid(np.asarray(model.decode(z)), figdir / "samples.png",
-                                          "samples from the prior" if cfg.bottleneck.kind == "gaussian"
+                                          "samples from the prior" if parts.bottleneck_of(cfg).posterior
                                           else "samples from a Gaussian fit to the test codes")
     paths["interpolation"] = figures.image_rows(
         interpolation_rows(model, test_codes, test.images[:m], test.labels[:m], dataset.class_names),
         figdir / "interpolation.png", "interpolation in code space between test images (ends)")
-    paths["latent_map"] = figures.code_map(_flat(test_codes), test.labels[:m], dataset.class_names,
+    paths["latent_map"] = figures.code_map(flat(test_codes), test.labels[:m], dataset.class_names,
                                            figdir / "latent_map.png")
     return paths
 
 
 def sample_codes(cfg, test_codes, key, n: int):
-    """Codes to decode: N(0, I) for VAEs, else a diagonal Gaussian fit to the test codes."""
-    shape = (n, *test_codes.shape[1:])
-    eps = jax.random.normal(key, shape)
-    if cfg.bottleneck.kind == "gaussian":
-        return eps
+    """Codes to decode: from the prior where the bottleneck has one, else from a diagonal Gaussian
+    fit to the test codes."""
+    b = parts.bottleneck_of(cfg)
+    if b.posterior:
+        return b.prior_sample(key, n, cfg.bottleneck)
+    eps = jax.random.normal(key, (n, *test_codes.shape[1:]))
     return jnp.asarray(test_codes.mean(0)) + jnp.asarray(test_codes.std(0)) * eps
 
 

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from aeflax import data
-from aeflax.config import ConfigError, validate
+from aeflax.config import ConfigError, settings, validate
 from aeflax.tracking import (
     METRICS,
     SUMMARY,
@@ -37,9 +37,7 @@ from aeflax.tracking import (
 logging.getLogger("absl").setLevel(logging.WARNING)  # orbax logs every save at INFO
 log = logging.getLogger(__name__)
 
-SETTINGS = "settings.json"  # the options that decide the numbers of the run in this directory
-# options that do not change the trained numbers, so a run may resume or be skipped across them
-NOT_SETTINGS = ("fresh", "name", "objective", "logger.", "eval.", "train.checkpoint_every", "data.data_dir")
+SETTINGS = "settings.json"  # config.settings: the options that decide the numbers of the run here
 
 
 _RUNS_IN_PROCESS = 0
@@ -80,12 +78,14 @@ def check_compatible(cfg, dataset: data.Dataset) -> None:
 
 
 def train_and_evaluate(cfg, workdir, *, config_dict: Optional[dict] = None, group: Optional[str] = None,
-                       progress: bool = True) -> dict:
+                       progress: bool = True, trained=None) -> dict:
     """Train and evaluate one configuration; return the summary written to summary.json.
 
     A finished run in `workdir` is returned as it is (unless cfg.fresh); an unfinished one
-    resumes from its last checkpoint. Errors propagate after the summary records status
-    "failed" and the error line.
+    resumes from its last checkpoint. `trained` (a training.Trained from a vmapped sweep
+    group) is this run's training, already done: a fresh run records and evaluates it
+    instead of training. Errors propagate after the summary records status "failed" and
+    the error line.
     """
     started = run_start_time()
     workdir = Path(workdir)
@@ -119,16 +119,15 @@ def train_and_evaluate(cfg, workdir, *, config_dict: Optional[dict] = None, grou
                                run_id=summary["wandb_id"])
             summary["wandb_id"] = tracker.id or summary["wandb_id"]
             record.write_summary(summary)  # the id is kept from now on: a resume continues this W&B run
-            return _train(cfg, dataset, workdir, record, tracker, summary, started, progress)
+            return _train(cfg, dataset, workdir, record, tracker, summary, started, progress, trained)
         except BaseException as err:
             _record_failure(record, summary, err, started, tracker)
             raise
 
 
 def _train(cfg, dataset: data.Dataset, workdir: Path, record: RunRecord, tracker: WandbRun, summary: dict,
-           started: float, progress: bool) -> dict:
+           started: float, progress: bool, trained=None) -> dict:
     """Restore the last checkpoint (if any), train the remaining epochs, evaluate, record."""
-    import jax  # JAX and Orbax load only now, so that bad input fails in a second, before them
     import numpy as np
 
     from aeflax import checkpoint, evaluation, training
@@ -152,25 +151,25 @@ def _train(cfg, dataset: data.Dataset, workdir: Path, record: RunRecord, tracker
 
     # a member of a vmapped sweep group replays epochs trained already: only its last checkpoint
     # is worth the write (a crash during the replay, about a second, retrains that run alone)
-    replaying = training.will_replay(cfg, state)
+    replaying = trained is not None and last is None
 
     def on_epoch(epoch, metrics, state):
         record.log(metrics)
         tracker.log(metrics, step=epoch)
         every = cfg.train.checkpoint_every
-        if epoch == cfg.train.epochs or (every and epoch % every == 0 and not replaying):
+        due = epoch == cfg.train.epochs or (every and epoch % every == 0 and not replaying)
+        if state is not None and due:
             checkpoint.save(mgr, epoch, state)
 
     if cfg.eval.figures:  # matplotlib (about 0.9 s) loads beside the training, not after it
         threading.Thread(target=importlib.import_module, args=("aeflax.figures",), daemon=True).start()
-    result = training.fit(cfg, dataset, state=state, graphdef=graphdef, on_epoch=on_epoch, progress=progress)
+    result = training.fit(cfg, dataset, state=state, graphdef=graphdef, on_epoch=on_epoch, progress=progress,
+                          trained=trained)
     result.history = earlier + result.history  # every epoch, those before a resume included
     checkpoint.save_final(mgr, result.state)  # the kept state (the best epoch's after early stopping)
     final = dict(next(h for h in reversed(result.history) if h["epoch"] == int(result.state.epoch)))
     if dataset.val is not None:  # the held-out test set, once, at the end
-        hp = training.hyperparameters(cfg, 1)
-        evaluate = jax.jit(training.make_evaluate(result.graphdef, cfg, len(dataset.test), "test"))
-        final.update({k: float(v) for k, v in evaluate(result.state, dataset.test.images, hp).items()})
+        final.update(evaluation.test_metrics(cfg, result.graphdef, result.state, dataset.test))
     final.update(evaluation.evaluate_run(cfg, result, dataset, workdir, tracker))
     epoch_times = [h["epoch_seconds"] for h in result.history]
     summary.update({k: v for k, v in final.items() if "/" in k})
@@ -206,21 +205,6 @@ def clear(workdir: Path) -> None:
     shutil.rmtree(workdir / "figures", ignore_errors=True)
     for name in (SUMMARY, METRICS, SETTINGS, checkpoint.DIGESTS):
         (workdir / name).unlink(missing_ok=True)
-
-
-def settings(cfg) -> dict:
-    """The options that decide a run's numbers, flat: {"train.epochs": 10, ...}."""
-    from omegaconf import OmegaConf
-
-    tree = OmegaConf.to_container(cfg if OmegaConf.is_config(cfg) else OmegaConf.structured(cfg),
-                                  resolve=True)
-
-    def flat(node, prefix=""):
-        if isinstance(node, dict):
-            return {k: v for key, child in node.items() for k, v in flat(child, f"{prefix}{key}.").items()}
-        return {prefix[:-1]: node}
-
-    return {k: v for k, v in flat(tree).items() if not k.startswith(NOT_SETTINGS)}
 
 
 def check_same_settings(workdir: Path, ours: dict) -> None:

@@ -24,7 +24,7 @@ import numpy as np
 import optax
 from flax import nnx, struct
 
-from aeflax import corruption, objectives, parallel
+from aeflax import objectives, parallel, parts
 from aeflax.models import Autoencoder, build
 
 Metrics = dict[str, float]
@@ -101,23 +101,13 @@ def burda_schedule(steps_per_epoch: int, stages: int = 8):
 
 
 def hyperparameters(cfg, steps_per_epoch: int) -> dict[str, jax.Array]:
-    """The scalar hyperparameters a compiled epoch reads, as float32 arrays."""
-    p = cfg.penalty
-    values = dict(
-        learning_rate=cfg.optimizer.learning_rate,
-        weight_decay=cfg.optimizer.weight_decay,
-        beta=cfg.loss.beta,
-        warmup_steps=cfg.loss.warmup_epochs * steps_per_epoch,
-        noise_std=cfg.noise.std,
-        noise_prob=cfg.noise.prob,
-        l1_activity=p.l1_activity,
-        kl_sparsity=p.kl_sparsity,
-        sparsity_target=p.sparsity_target,
-        contractive=p.contractive,
-        l1_weight=p.l1_weight,
-        l2_weight=p.l2_weight,
-        commitment=cfg.bottleneck.commitment,
-    )
+    """The scalar hyperparameters a compiled epoch reads, as float32 arrays: the optimizer's
+    traced fields and those of every part the config switches on (aeflax.parts)."""
+    from aeflax.config import traced_fields
+
+    values = {name.split(".", 1)[1]: getattr(cfg.optimizer, name.split(".", 1)[1])
+              for name in traced_fields() if name.startswith("optimizer.")}
+    values.update(parts.hyperparameters(cfg, steps_per_epoch))
     return {k: jnp.asarray(v, jnp.float32) for k, v in values.items()}
 
 
@@ -162,13 +152,14 @@ def prepare_batch(images, idx, key, hp, cfg, base_noise_key):
     k_bin, k_noise = jax.random.split(key)
     if cfg.data.binarize == "dynamic":
         x = jax.random.bernoulli(k_bin, x).astype(jnp.float32)
-    if cfg.noise.kind == "none":
+    noise = parts.noise_of(cfg)
+    if noise.level is None:
         return x, x
     if cfg.noise.fixed:  # the same noise for an image every epoch (noise drawn once)
         keys = jax.vmap(lambda i: jax.random.fold_in(base_noise_key, i))(idx)
     else:
         keys = jax.random.split(k_noise, x.shape[0])
-    return corruption.corrupt(cfg.noise.kind, keys, x, hp["noise_std"], hp["noise_prob"]), x
+    return noise.corrupt_batch(keys, x, hp), x
 
 
 def make_train_epoch(graphdef, cfg, num_train: int, batch_sharding=None) -> Callable:
@@ -181,9 +172,9 @@ def make_train_epoch(graphdef, cfg, num_train: int, batch_sharding=None) -> Call
     n_steps = steps_per_epoch(num_train, batch_size)
     tx = make_optimizer(cfg, n_steps)
 
-    def loss_fn(params, other, x_in, x, key, hp):
+    def loss_fn(params, other, x_in, x, key, hp, step):
         model = nnx.merge(graphdef, params, other, copy=True)  # fresh variables: EMA updates under grad
-        loss, metrics = objectives.loss_and_metrics(model, x_in, x, key, hp, cfg, train=True)
+        loss, metrics = objectives.loss_and_metrics(model, x_in, x, key, hp, cfg, train=True, step=step)
         return loss, (metrics, nnx.state(model, nnx.Not(nnx.Param)))
 
     def train_step(carry, idx, images, hp, epoch_key):
@@ -194,9 +185,8 @@ def make_train_epoch(graphdef, cfg, num_train: int, batch_sharding=None) -> Call
         x_in, x = prepare_batch(images, idx, k_batch, hp, cfg, base_noise_key)
         if batch_sharding is not None:
             x_in, x = (jax.lax.with_sharding_constraint(a, batch_sharding) for a in (x_in, x))
-        hp_step = dict(hp, kl_weight=kl_weight(hp, state.step))
         grads, (metrics, other) = jax.grad(loss_fn, has_aux=True)(
-            state.params, state.other, x_in, x, k_loss, hp_step)
+            state.params, state.other, x_in, x, k_loss, hp, state.step)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         lr = hp["learning_rate"]
         params = jax.tree.map(lambda p, u: p - lr * (u + hp["weight_decay"] * p), state.params, updates)
@@ -214,13 +204,6 @@ def make_train_epoch(graphdef, cfg, num_train: int, batch_sharding=None) -> Call
         return state, {f"train/{k}": jnp.mean(v) for k, v in metrics.items()}
 
     return train_epoch
-
-
-def kl_weight(hp, step):
-    """beta, ramped linearly from 0 over `warmup_steps` (KL warm-up); beta itself when 0."""
-    ramp = jnp.minimum(1.0, (step + 1) / jnp.maximum(hp["warmup_steps"], 1))
-    ramp = jnp.where(hp["warmup_steps"] > 0, ramp, 1.0)
-    return hp["beta"] * ramp
 
 
 def make_evaluate(graphdef, cfg, num_eval: int, prefix: str) -> Callable:
@@ -245,7 +228,7 @@ def make_evaluate(graphdef, cfg, num_eval: int, prefix: str) -> Callable:
                 bkeys = jax.vmap(lambda i: jax.random.fold_in(key, i))(idx)
                 x = jax.vmap(lambda k, xi: jax.random.bernoulli(k, xi))(bkeys, x).astype(jnp.float32)
             nkeys = jax.vmap(lambda i: jax.random.fold_in(jax.random.fold_in(key, NOISE_STREAM), i))(idx)
-            x_in = corruption.corrupt(cfg.noise.kind, nkeys, x, hp["noise_std"], hp["noise_prob"])
+            x_in = parts.noise_of(cfg).corrupt_batch(nkeys, x, hp)
             terms = objectives.eval_terms(model, x_in, x, jax.random.fold_in(key, b), cfg)
             w = valid.astype(jnp.float32)
             return jax.tree.map(lambda t, v: t + jnp.sum(v * w), total, terms), None
@@ -277,18 +260,19 @@ class FitResult:
 
 
 def fit(cfg, dataset, *, state: Optional[TrainState] = None, graphdef=None,
-        on_epoch: Optional[Callable[[int, Metrics, TrainState], None]] = None,
-        progress: bool = True) -> FitResult:
+        on_epoch: Optional[Callable[[int, Metrics, Optional[TrainState]], None]] = None,
+        progress: bool = True, trained: Optional[Trained] = None) -> FitResult:
     """Train for cfg.train.epochs (continuing from `state` if given), evaluating each epoch.
 
     `on_epoch(epoch, metrics, state)` is called after every epoch (logging, checkpoints).
     With cfg.train.early_stopping_patience > 0, training stops once the validation loss has
     not improved for that many epochs and the result holds the best epoch's state.
+    `trained`: this run's result from a vmapped sweep group (vmap_sweep.train_group); a run
+    that starts fresh replays it instead of training (a resumed one trains on by itself).
     Raises NonFiniteLoss when a training or evaluation metric is not finite.
     """
-    queued = _queued(cfg, state)
-    if queued:
-        return _replay(queued.pop(0), on_epoch, cfg)
+    if trained is not None and (state is None or int(state.epoch) == 0):
+        return _replay(trained, on_epoch)
     batch_size = min(cfg.train.batch_size, len(dataset.train))
     mesh = parallel.data_mesh(batch_size)  # None on one device
     train_images = parallel.replicate(dataset.train.images, mesh)
@@ -341,70 +325,28 @@ class EarlyStopping:
         return metrics["epoch"] - self.best_epoch >= self.patience
 
 
-# --- runs trained elsewhere (members of a vectorized sweep group) ----------------------
+# --- runs trained elsewhere (members of a vmapped sweep group) ----------------------
 
 @dataclass
 class Trained:
-    """A run trained as one member of a vmapped group: its history and state after each epoch."""
+    """A run trained as one member of a vmapped group, handed to its `fit` as an argument:
+    the metrics of each epoch it ran (up to its early stop) and the state it keeps (the
+    last epoch's, or the best epoch's under early stopping)."""
 
     graphdef: Any
     history: list[Metrics]
-    states: list[TrainState]  # host copies, states[e] after epoch e + 1
+    state: TrainState
 
 
-_TRAINED: dict[str, list[Trained]] = {}
-NOT_TRAINING = ("hydra", "logger", "eval", "name", "fresh")  # config parts training never reads
-
-
-def config_key(cfg) -> str:
-    """What training reads of the config, as canonical JSON (the entry point may still
-    adjust the rest, e.g. W&B tags, between the launcher and `fit`)."""
-    import json
-
-    from omegaconf import OmegaConf
-
-    node = cfg if OmegaConf.is_config(cfg) else OmegaConf.structured(cfg)
-    tree = OmegaConf.to_container(node, resolve=True)
-    for name in NOT_TRAINING:
-        tree.pop(name, None)
-    return json.dumps(tree, sort_keys=True, default=str)
-
-
-def provide_trained(cfg, trained: Trained) -> None:
-    """The next `fit(cfg, ...)` of a fresh run with exactly this config replays `trained`.
-
-    The vectorized sweep launcher trains a group of configs as one program, then runs
-    each member's usual `train_and_evaluate`, whose `fit` call lands here: the run record,
-    checkpoints, evaluation and W&B run are written by the same code as a solo run's.
-    """
-    _TRAINED.setdefault(config_key(cfg), []).append(trained)
-
-
-def _queued(cfg, state: Optional[TrainState]) -> Optional[list[Trained]]:
-    """The group results waiting for a fresh `fit(cfg)`; None when it will train itself."""
-    if not _TRAINED or (state is not None and int(state.epoch) > 0):
-        return None
-    return _TRAINED.get(config_key(cfg)) or None
-
-
-def will_replay(cfg, state: Optional[TrainState] = None) -> bool:
-    """True when `fit(cfg, state=state)` will replay a vmapped group's result instead of training."""
-    return _queued(cfg, state) is not None
-
-
-def _replay(trained: Trained, on_epoch, cfg) -> FitResult:
-    """`fit`'s loop over epochs trained elsewhere: the same records, checks and early stopping."""
-    history, state = [], None
-    metric = "val/loss" if "val/loss" in trained.history[0] else "test/loss"  # as dataset.eval_split
-    stopper = EarlyStopping(cfg.train.early_stopping_patience, metric)
-    for metrics, state in zip(trained.history, trained.states, strict=True):
+def _replay(trained: Trained, on_epoch) -> FitResult:
+    """`fit`'s loop over epochs trained elsewhere: the same records and checks. `on_epoch`
+    receives the kept state at its own epoch and None at the others (nothing to checkpoint)."""
+    kept = int(trained.state.epoch)
+    for metrics in trained.history:
         check_finite(metrics, metrics["epoch"])
-        history.append(metrics)
         if on_epoch is not None:
-            on_epoch(metrics["epoch"], metrics, state)
-        if stopper.should_stop(metrics, state):
-            break
-    return FitResult(trained.graphdef, jax.device_put(stopper.best_state or state), history)
+            on_epoch(metrics["epoch"], metrics, trained.state if metrics["epoch"] == kept else None)
+    return FitResult(trained.graphdef, trained.state, list(trained.history))
 
 
 def check_finite(metrics: Metrics, epoch: int) -> None:

@@ -1,16 +1,16 @@
 """Vectorized sweeps: the runs of a sweep that share one program train as one `jax.vmap`.
 
-Runs that differ only in scalar hyperparameters (learning rate, weight decay, beta, KL
-warm-up, noise level, penalty weights, commitment) and the seed compile to the same
-epoch: those values travel in `hp` and the state, so one jitted
-`vmap(train_epoch)` trains the whole group, stacking the members' states (each
-initialised exactly as its solo run) and hyperparameters along a leading axis. Anything
-else (shapes, losses, which penalty terms exist, the data) makes a different program
-and a different group. Every member's numbers equal its solo run's to float tolerance.
+Runs that differ only in the seed and traced hyperparameters (the fields declared with
+`aeflax.parts.traced`: learning rate, weight decay, beta, KL warm-up, noise level, penalty
+weights, commitment, ...) compile to the same epoch: those values travel in `hp` and the
+state, so one jitted `vmap(train_epoch)` trains the whole group, stacking the members'
+states (each initialised exactly as its solo run) and hyperparameters along a leading axis.
+Anything else (shapes, which parts are switched on, the data) makes a different program and
+a different group. Every member's numbers equal its solo run's to float tolerance.
 
 `group_configs` partitions configs; `train_group` trains one group and returns a
-`training.Trained` per member, which `training.provide_trained` hands to that member's
-ordinary `train_and_evaluate` (record, checkpoints, evaluation, W&B as a solo run).
+`training.Trained` per member, which the launcher hands to that member's ordinary
+`train_and_evaluate(..., trained=...)` (record, checkpoints, evaluation, W&B as a solo run).
 """
 
 from __future__ import annotations
@@ -22,39 +22,17 @@ from typing import Optional
 
 import jax
 import numpy as np
-from omegaconf import OmegaConf
 
-from aeflax import data, training
-
-# config fields that are traced values (in `hp` or the state), not part of the program
-VMAPPED = ("seed", "optimizer.learning_rate", "optimizer.weight_decay", "loss.beta", "loss.warmup_epochs",
-           "noise.std", "noise.prob", "penalty.l1_activity", "penalty.kl_sparsity", "penalty.sparsity_target",
-           "penalty.contractive", "penalty.l1_weight", "penalty.l2_weight", "bottleneck.commitment")
-# weights whose zero / non-zero switches a term on or off (a different program)
-SWITCHES = ("penalty.l1_activity", "penalty.kl_sparsity", "penalty.contractive", "penalty.l1_weight",
-            "penalty.l2_weight")
-IGNORED = training.NOT_TRAINING  # each member keeps its own
-
-
-def _tree(cfg) -> dict:
-    node = cfg if OmegaConf.is_config(cfg) else OmegaConf.structured(cfg)
-    return OmegaConf.to_container(node, resolve=True)
+from aeflax import data, parts, training
+from aeflax.config import settings, traced_fields
 
 
 def group_key(cfg) -> str:
-    """Configs with equal keys compile to the same vmappable epoch."""
-    tree = _tree(cfg)
-    for name in IGNORED:
-        tree.pop(name, None)
-    for dotted in VMAPPED:
-        *parents, leaf = dotted.split(".")
-        node = tree
-        for p in parents:
-            node = node[p]
-        value = node.pop(leaf)
-        if dotted in SWITCHES:
-            node[f"{leaf}>0"] = value > 0
-    return json.dumps(tree, sort_keys=True, default=str)
+    """Configs with equal keys compile to the same vmappable epoch: equal settings but for the
+    seed and the traced values, and the same parts switched on (a weight of 0 removes a term)."""
+    varied = {"seed", *traced_fields()}
+    program = {k: v for k, v in settings(cfg).items() if k not in varied}
+    return json.dumps({"settings": program, "parts": parts.active_names(cfg)}, sort_keys=True, default=str)
 
 
 def group_configs(cfgs: Sequence) -> list[list[int]]:
@@ -95,8 +73,9 @@ def train_group(cfgs: Sequence, dataset=None, progress: bool = False,
     """Train configs of one group (equal `group_key`) as one compiled, vmapped program.
 
     `chunk` members run side by side in one vmap (default: `default_chunk`). Returns per
-    member its history (the metrics a solo `fit` would log, `epoch_seconds` being the
-    group's epoch time) and its state after every epoch (host memory).
+    member what its run needs: its history (the metrics a solo `fit` would log,
+    `epoch_seconds` being the group's epoch time), up to its own early stop, and the state
+    it keeps (its last epoch's, or its best epoch's under early stopping).
     """
     cfg = cfgs[0]
     assert all(group_key(c) == group_key(cfg) for c in cfgs), "configs of different programs"
@@ -116,7 +95,8 @@ def train_group(cfgs: Sequence, dataset=None, progress: bool = False,
     train_images, eval_images = jax.device_put(dataset.train.images), jax.device_put(eval_split.images)
 
     histories: list[list[dict]] = [[] for _ in cfgs]
-    states: list[list] = [[] for _ in cfgs]
+    stoppers = [training.EarlyStopping(c.train.early_stopping_patience, f"{eval_name}/loss") for c in cfgs]
+    running = list(range(len(cfgs)))  # members that have not stopped early
     epochs = range(cfg.train.epochs)
     if progress:
         from tqdm.auto import tqdm
@@ -126,19 +106,15 @@ def train_group(cfgs: Sequence, dataset=None, progress: bool = False,
         t0 = time.perf_counter()
         state, train_metrics = train_epoch(state, train_images, hp)
         metrics = jax.device_get({**train_metrics, **evaluate(state, eval_images, hp)})
-        host = jax.device_get(state)
+        steps = jax.device_get(state.step)
         seconds = time.perf_counter() - t0
-        for i in range(len(cfgs)):
+        for i in list(running):
             m = {k: float(v[i]) for k, v in metrics.items()}
-            m.update(epoch=epoch + 1, step=int(host.step[i]), epoch_seconds=seconds)
-            histories[i].append(m)
-            states[i].append(_member(host, i))
-    return [training.Trained(graphdef, h, s) for h, s in zip(histories, states, strict=True)]
-
-
-def provide(cfgs: Sequence, progress: bool = False, chunk: Optional[int] = None) -> None:
-    """Train every group of `cfgs` vectorized and hand each member's result to its `fit`."""
-    for members in group_configs(cfgs):
-        group = [cfgs[i] for i in members]
-        for c, trained in zip(group, train_group(group, progress=progress, chunk=chunk), strict=True):
-            training.provide_trained(c, trained)
+            m.update(epoch=epoch + 1, step=int(steps[i]), epoch_seconds=seconds)
+            histories[i].append(m)  # a non-finite metric fails that member's run when it replays
+            if stoppers[i].patience and stoppers[i].should_stop(m, _member(state, i)):
+                running.remove(i)
+        if not running:
+            break
+    return [training.Trained(graphdef, h, stopper.best_state or _member(state, i))
+            for i, (h, stopper) in enumerate(zip(histories, stoppers, strict=True))]

@@ -53,8 +53,6 @@ def config(run_dir: Path, overrides: list[str]):
 
 def evaluate(run_dir, overrides=()) -> dict:
     """Evaluate the run in `run_dir`; return the metrics written into its record."""
-    import jax
-
     from aeflax import api, data, evaluation, training
     from aeflax.tracking import RunRecord, WandbRun, read_summary
 
@@ -63,9 +61,7 @@ def evaluate(run_dir, overrides=()) -> dict:
     cfg = config(run_dir, list(overrides))
     dataset = data.load(cfg.data)
     graphdef, state = api.restore(cfg, run_dir, dataset.image_shape)
-    hp = training.hyperparameters(cfg, 1)
-    test_eval = jax.jit(training.make_evaluate(graphdef, cfg, len(dataset.test), "test"))
-    metrics = {k: float(v) for k, v in test_eval(state, dataset.test.images, hp).items()}
+    metrics = evaluation.test_metrics(cfg, graphdef, state, dataset.test)
     summary = read_summary(run_dir) or {}
     tracker = WandbRun(cfg.logger, run_dir, OmegaConf.to_container(cfg, resolve=True), name=run_dir.name,
                        group=cfg.logger.group, run_id=summary.get("wandb_id"))

@@ -71,7 +71,8 @@ def wandb_identity(cfg: DictConfig, hc) -> tuple[str | None, list[str], dict]:
 
 
 @hydra.main(config_path="../conf", config_name="config", version_base="1.3")
-def main(cfg: DictConfig):
+def main(cfg: DictConfig, trained=None):
+    """One job. `trained`: its training already done by the vmap launcher (a training.Trained)."""
     from aeflax.run import train_and_evaluate
 
     hc = HydraConfig.get()
@@ -79,7 +80,8 @@ def main(cfg: DictConfig):
     group, tags, config = wandb_identity(cfg, hc)
     cfg.logger.tags = tags
     try:
-        summary = train_and_evaluate(cfg, hc.runtime.output_dir, group=group, config_dict=config)
+        summary = train_and_evaluate(cfg, hc.runtime.output_dir, group=group, config_dict=config,
+                                     trained=trained)
     except Exception as err:
         if type(err).__name__ not in USER_ERRORS:
             raise

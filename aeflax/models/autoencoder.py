@@ -5,7 +5,6 @@ from __future__ import annotations
 import jax
 from flax import nnx
 
-from aeflax.models.bottlenecks import Gaussian
 from aeflax.models.layers import activation
 
 
@@ -37,11 +36,11 @@ class Autoencoder(nnx.Module):
         return self.output(self.decoder(z))
 
     def sample(self, key, n: int) -> jax.Array:
-        """n images decoded from the prior N(0, I) (gaussian bottlenecks: VAE, beta-VAE, IWAE)."""
-        if not isinstance(self.bottleneck, Gaussian):
-            raise TypeError(f"sampling from the prior needs a gaussian bottleneck, this model has "
+        """n images decoded from the prior (bottlenecks that have one: the VAE family)."""
+        if not hasattr(self.bottleneck, "prior_sample"):
+            raise TypeError(f"sampling from the prior needs a bottleneck with a prior, this model has "
                             f"{type(self.bottleneck).__name__}")
-        return self.decode(jax.random.normal(key, (n, self.bottleneck.code_size)))
+        return self.decode(self.bottleneck.prior_sample(key, n))
 
     def __call__(self, x, *, key=None, train: bool = False) -> dict:
         out = self.encode(x, key=key, train=train)

@@ -1,13 +1,15 @@
 """`hydra/launcher=vmap`: a multirun whose jobs share a program trains as one `jax.vmap`.
 
 The jobs are composed first, grouped by `aeflax.vmap_sweep.group_key` (everything but the
-seed and the scalar hyperparameters in `hp`), and each group with more than one member is
+seed and the traced hyperparameters in `hp`), and each group with more than one member is
 trained as one compiled program. Then every job runs exactly as under the basic launcher
 (its own output directory, `.hydra/`, summary.json, metrics.jsonl, figures, checkpoints,
-W&B run), except that its `fit` replays the group's result instead of training again.
-Jobs that fail validation, or whose group fails, simply train alone.
+W&B run), except that the task function receives the job's trained result as its
+`trained` argument, so its run records it instead of training again. Jobs that fail
+validation, or whose group fails, simply train alone.
 """
 
+import functools
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -70,15 +72,17 @@ class VmapLauncher(Launcher):
         log.info(f"Launching {len(job_overrides)} jobs as {len(groups)} programs")
         runs: dict[int, JobReturn] = {}
         for members in groups:
+            trained = [None] * len(members)
             if len(members) > 1:
                 try:
-                    vmap_sweep.provide([task_configs[i] for i in members], progress=self.progress,
-                                       chunk=self.chunk)
+                    trained = vmap_sweep.train_group([task_configs[i] for i in members],
+                                                     progress=self.progress, chunk=self.chunk)
                 except Exception as err:  # noqa: BLE001 - the members then train alone and report it
                     log.warning(f"jobs {members} could not train as one program "
                                 f"({type(err).__name__}: {err}); training them one by one")
-            for i in members:
-                runs[i] = run_job(hydra_context=self.hydra_context, task_function=self.task_function,
+            for i, result in zip(members, trained, strict=True):
+                task = functools.partial(self.task_function, trained=result) if result else self.task_function
+                runs[i] = run_job(hydra_context=self.hydra_context, task_function=task,
                                   config=sweep_configs[i], job_dir_key="hydra.sweep.dir",
                                   job_subdir_key="hydra.sweep.subdir")
                 configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)

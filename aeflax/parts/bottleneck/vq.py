@@ -1,86 +1,18 @@
-"""Bottlenecks: map encoder features to the code the decoder reads.
-
-Every bottleneck is called as `bottleneck(h, key=..., train=...)` and returns a dict
-with at least `code` (what the decoder decodes). Extra entries feed the objective:
-`activation` (deterministic: the code before top-k, for sparsity penalties and the
-contractive Jacobian), `mean`/`logvar` (gaussian), and for the vector-quantized one
-`codebook_loss`/`commitment_loss` per image, `perplexity` and `codebook_usage`.
-"""
+"""Vector quantization (van den Oord et al. 2017): each D-vector of the encoder's output is
+replaced by its nearest codebook entry; optionally an EMA codebook (Sonnet's VectorQuantizerEMA)."""
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from aeflax.models.layers import activation, dense
+from aeflax.checks import check
+from aeflax.models.layers import dense
+from aeflax.parts import Bottleneck, traced
 
-
-def top_k_mask(a: jax.Array, k: int) -> jax.Array:
-    """Keep exactly the k largest units of each row (Makhzani & Frey's k-sparse code), zero the rest.
-
-    Gradients flow through the kept units only; ties are broken by position, so no row
-    ever keeps more than k units.
-    """
-    idx = jax.lax.top_k(a, k)[1]
-    rows = jnp.arange(a.shape[0])[:, None]
-    return a * jnp.zeros_like(a).at[rows, idx].set(1.0)
-
-
-class Deterministic(nnx.Module):
-    """Dense(code_size) + activation, optionally k-sparse."""
-
-    def __init__(self, in_features: int, code_size: int, act: str, top_k: int, rngs: nnx.Rngs,
-                 init: str = "glorot_uniform"):
-        self.linear = dense(in_features, code_size, rngs, init)
-        self.act = activation(act)
-        self.top_k = top_k
-        self.code_size = code_size
-
-    def __call__(self, h, *, key=None, train: bool = False):
-        a = self.act(self.linear(h.reshape(h.shape[0], -1)))
-        code = top_k_mask(a, self.top_k) if self.top_k else a
-        return {"code": code, "activation": a}
-
-
-class Identity(nnx.Module):
-    """The encoder's output itself is the code (the tutorial's conv AE has no dense layer)."""
-
-    def __init__(self):
-        pass
-
-    def __call__(self, h, *, key=None, train: bool = False):
-        return {"code": h, "activation": h}
-
-
-class Gaussian(nnx.Module):
-    """q(z|x) = N(mean, diag(exp(logvar))); the code is a reparameterized sample.
-
-    Without a key (evaluation, encoding) the code is the mean.
-    """
-
-    def __init__(self, in_features: int, code_size: int, rngs: nnx.Rngs, init: str = "glorot_uniform"):
-        self.mean = dense(in_features, code_size, rngs, init)
-        self.logvar = dense(in_features, code_size, rngs, init)
-        self.code_size = code_size
-
-    def stats(self, h):
-        h = h.reshape(h.shape[0], -1)
-        return self.mean(h), self.logvar(h)
-
-    def __call__(self, h, *, key=None, train: bool = False):
-        mean, logvar = self.stats(h)
-        code = mean if key is None else sample(key, mean, logvar)
-        return {"code": code, "mean": mean, "logvar": logvar}
-
-
-def sample(key, mean, logvar, num: int | None = None):
-    """Reparameterized draw z = mean + exp(logvar / 2) * eps; `num` adds a leading sample axis."""
-    shape = mean.shape if num is None else (num, *mean.shape)
-    return mean + jnp.exp(0.5 * logvar) * jax.random.normal(key, shape, mean.dtype)
-
-
-# --- vector quantization (van den Oord et al. 2017) ------------------------------------
 
 def nearest(z_e, codebook):
     """Indices of the nearest codebook entries (squared Euclidean) and the entries: z_q like z_e."""
@@ -164,3 +96,49 @@ class VectorQuantized(nnx.Module):
         n = jnp.sum(self.cluster_size[...])
         counts = (self.cluster_size[...] + eps) / (n + onehot.shape[1] * eps) * n
         self.codebook[...] = self.embed_sum[...] / counts[:, None]
+
+
+@dataclass
+class Fields:
+    code_size: int = 64
+    codebook_size: int = 512
+    embedding_dim: int = 8  # size of each codebook vector (dense: code_size / D vectors per image)
+    commitment: float = traced(0.25)  # weight of the commitment loss
+    ema_decay: float = 0.0  # > 0 updates the codebook by EMA instead of gradients
+
+
+class VQPart(Bottleneck):
+    name = "vq"
+    Fields = Fields
+    smooth_code = False  # a quantized code is piecewise constant
+
+    def validate(self, cfg) -> None:
+        b, m = cfg.bottleneck, cfg.model
+        check(b.code_size >= 1, f"bottleneck.code_size={b.code_size} must be >= 1 (the size of the code)")
+        check(b.codebook_size >= 1, f"bottleneck.codebook_size={b.codebook_size} must be >= 1")
+        check(b.commitment >= 0, f"bottleneck.commitment={b.commitment} must be >= 0")
+        check(0 <= b.ema_decay < 1, f"bottleneck.ema_decay={b.ema_decay} must be in [0, 1)")
+        check(b.embedding_dim >= 1, f"bottleneck.embedding_dim={b.embedding_dim} must be >= 1")
+        check(b.ema_decay == 0 or self.active(cfg),
+              f"bottleneck.ema_decay is for bottleneck=vq, not {b.kind}")
+        check(not (self.active(cfg) and m.architecture == "dense" and b.code_size % b.embedding_dim),
+              f"bottleneck.code_size={b.code_size} must be a multiple of bottleneck.embedding_dim="
+              f"{b.embedding_dim} (a dense VQ code is code_size / embedding_dim codebook vectors)")
+
+    def build(self, b, in_features, map_channels, rngs, init):
+        vq = VectorQuantized(in_features, b.code_size, b.embedding_dim, b.codebook_size, b.ema_decay,
+                             rngs, init, channels=map_channels)
+        return vq, 0 if map_channels else b.code_size
+
+    def train_terms(self, batch, hp):
+        out = batch.out
+        codebook, commitment = jnp.mean(out["codebook_loss"]), jnp.mean(out["commitment_loss"])
+        return [codebook, hp["commitment"] * commitment], {
+            "codebook_loss": codebook, "commitment_loss": commitment,
+            "perplexity": out["perplexity"], "codebook_usage": out["codebook_usage"]}
+
+    def eval_terms(self, batch):
+        return {"codebook_loss": batch.out["codebook_loss"], "commitment_loss": batch.out["commitment_loss"]}
+
+
+PART = VQPart()

@@ -1,0 +1,1 @@
+"""Bottleneck parts: encoder features -> the code (`bottleneck.kind=<module name>`)."""

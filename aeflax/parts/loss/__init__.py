@@ -1,0 +1,1 @@
+"""Loss parts: the objective's data term (`loss.name=<module name>`)."""

@@ -1,0 +1,1 @@
+"""Noise parts: input corruption for denoising autoencoders (`noise.kind=<module name>`)."""
