@@ -351,13 +351,15 @@ def nll_rows(smoke: bool) -> list[str]:
     from conftest import make_cfg
 
     from aeflax import evaluation, training
+    from aeflax.parts.bottleneck.gaussian import importance_log_weights
 
     k, n_images, batch, chunk = (50, 20, 10, 25) if smoke else (5000, 200, 100, 250)
     cfg = make_cfg("model.hidden=[512,256]", "bottleneck.kind=gaussian", "bottleneck.code_size=32",
                    "loss.name=elbo")
     model = training.make_model(cfg, (28, 28, 1), 0)
     x = jax.numpy.asarray(np.random.default_rng(0).random((batch, 28, 28, 1), np.float32))
-    nll = jax.jit(lambda x, key: evaluation.importance_nll(model, x, key, k, chunk, "bernoulli"))
+    nll = jax.jit(lambda x, key: evaluation.importance_nll(importance_log_weights, model, x, key, k, chunk,
+                                                           "bernoulli"))
     nll(x, jax.random.key(0)).block_until_ready()
     t0 = time.perf_counter()
     for i in range(n_images // batch):

@@ -5,10 +5,17 @@ import jax.numpy as jnp
 import numpy as np
 from conftest import make_cfg
 
-from aeflax import corruption, training
+from aeflax import parts, training
 
 KEYS = jax.random.split(jax.random.key(0), 200)
-corrupt = jax.jit(corruption.corrupt, static_argnums=0)  # one compile per kind, not per op
+NOISE = parts.registry()["noise"]
+_corrupt = jax.jit(lambda kind, keys, x, hp: NOISE[kind].corrupt_batch(keys, x, hp),
+                   static_argnums=0)  # one compile per kind, not per op
+
+
+def corrupt(kind, keys, x, std=0.0, prob=0.0):
+    """The noise part `kind` on a batch, one key per image, at the level `std` or `prob`."""
+    return _corrupt(kind, keys, x, {"noise_std": jnp.float32(std), "noise_prob": jnp.float32(prob)})
 
 
 def test_masking_drops_the_asked_fraction():
@@ -39,7 +46,7 @@ def test_noise_is_a_function_of_the_key():
     a = corrupt("gaussian", KEYS[:3], x, std=0.2)
     np.testing.assert_array_equal(a, corrupt("gaussian", KEYS[:3], x, std=0.2))
     assert not np.allclose(a, corrupt("gaussian", KEYS[3:6], x, std=0.2))
-    assert corruption.corrupt("none", KEYS[:3], x) is x
+    assert NOISE["none"].corrupt_batch(KEYS[:3], x, {}) is x
 
 
 def test_fixed_noise_is_drawn_once_per_image():

@@ -14,6 +14,7 @@ from sklearn.metrics import roc_auc_score
 from aeflax import evaluation, training
 from aeflax.config import BottleneckConfig, ModelConfig
 from aeflax.models import build
+from aeflax.parts.bottleneck.gaussian import importance_log_weights
 
 
 def test_psnr_of_known_pairs():
@@ -107,7 +108,8 @@ def test_importance_sampled_nll_matches_closed_form():
 
     def nll(k, chunk):
         key = jax.random.key(0)
-        fn = lambda m, x: {"nll": evaluation.importance_nll(m, x, key, k, chunk, "gaussian", std)}
+        fn = lambda m, x: {"nll": evaluation.importance_nll(importance_log_weights, m, x, key, k, chunk,
+                                                            "gaussian", std)}
         return np.asarray(evaluation.jit_model_fn(fn, model)(xs)["nll"])
 
     estimate = nll(5000, 700)  # 700 does not divide 5000: the tail is masked

@@ -96,7 +96,7 @@ def test_vectorized_group_members_equal_their_solo_runs(fmnist_small):
         group = vmap_sweep.train_group(cfgs, fmnist_small, chunk=chunk)
         for member, solo in zip(group, solos, strict=True):
             assert_histories_close(member.history, solo.history)
-            np.testing.assert_allclose(member.states[-1].params["decoder"]["layers"][0]["kernel"].value,
+            np.testing.assert_allclose(member.state.params["decoder"]["layers"][0]["kernel"].value,
                                        solo.state.params["decoder"]["layers"][0]["kernel"].value, atol=1e-5)
     assert group[0].history[-1]["test/mse"] != group[1].history[-1]["test/mse"]
     assert group[0].history[-1]["test/mse"] < group[0].history[0]["test/mse"]  # it learns

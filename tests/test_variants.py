@@ -11,8 +11,9 @@ import pytest
 from flax import nnx
 from hydra import compose, initialize_config_dir
 
-from aeflax import data, objectives, training
+from aeflax import data, training
 from aeflax.config import ConfigError, DataConfig, validate
+from aeflax.parts.bottleneck.gaussian import importance_log_weights
 from experiments.schema import register
 
 CONF = Path(__file__).resolve().parent.parent / "conf"
@@ -96,7 +97,7 @@ def test_iwae_bound_tightens_with_k_on_a_trained_vae():
     @functools.partial(jax.jit, compiler_options=FAST_COMPILE)
     def log_weights(state):
         model = training.merge(graphdef, state)
-        return objectives.importance_log_weights(model, x, jax.random.key(7), 50, "bernoulli")
+        return importance_log_weights(model, x, jax.random.key(7), 50, "bernoulli")
 
     log_w = log_weights(state)  # [50, B]: the bound for k uses the first k draws
     bound = lambda k: float(jnp.mean(jax.nn.logsumexp(log_w[:k], axis=0) - math.log(k)))
