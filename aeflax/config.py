@@ -19,6 +19,7 @@ from typing import Any, Optional
 
 from aeflax import parts
 from aeflax.checks import ConfigError, check, one_of
+from aeflax.flat import flatten
 from aeflax.parts import EVALUATION, NUMBERS, RECORD, record, traced
 
 
@@ -185,17 +186,6 @@ def traced_fields(cls: type = Config, prefix: str = "") -> tuple[str, ...]:
         elif parts.hp_name(f):
             out.append(f"{prefix}{f.name}")
     return tuple(out)
-
-
-def flatten(tree: dict, prefix: str = "") -> dict:
-    """{"a": {"b": 1}} -> {"a.b": 1}: the one way a config becomes flat keys."""
-    out = {}
-    for key, value in tree.items():
-        if isinstance(value, dict):
-            out.update(flatten(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = value
-    return out
 
 
 def as_dict(cfg: Any) -> dict:

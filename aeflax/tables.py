@@ -19,6 +19,8 @@ import numpy as np
 import pandas as pd
 import yaml
 
+from aeflax.flat import flatten
+
 HIGHER_IS_BETTER = ("psnr", "ssim", "accuracy", "auroc", "auc", "elbo", "usage")
 BASIC_SWEEPER = "hydra._internal.core_plugins.basic_sweeper.BasicSweeper"
 
@@ -30,16 +32,9 @@ class TableError(ValueError):
 # ---------------------------------------------------------------- reading runs
 
 
-def flatten(tree: dict, prefix: str = "") -> dict:
-    """{"a": {"b": 1}} -> {"a.b": 1}; lists become their text (hashable, readable)."""
-    out = {}
-    for key, value in tree.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, dict):
-            out.update(flatten(value, f"{name}."))
-        else:
-            out[name] = str(value) if isinstance(value, list) else value
-    return out
+def config_columns(tree: dict) -> dict:
+    """A run's config as flat columns; lists become their text (hashable, readable cells)."""
+    return {k: str(v) if isinstance(v, list) else v for k, v in flatten(tree).items()}
 
 
 def override_key(override: str) -> str:
@@ -61,7 +56,7 @@ def read_run(run_dir: Path) -> dict:
     hydra_dir = run_dir / ".hydra"
     record: dict = {}
     if (hydra_dir / "config.yaml").exists():
-        record.update(flatten(yaml.safe_load((hydra_dir / "config.yaml").read_text()) or {}))
+        record.update(config_columns(yaml.safe_load((hydra_dir / "config.yaml").read_text()) or {}))
     if (hydra_dir / "hydra.yaml").exists():
         choices = yaml.safe_load((hydra_dir / "hydra.yaml").read_text())["hydra"]["runtime"]["choices"]
         record.update({k: v for k, v in choices.items() if v is not None and not k.startswith("hydra/")})
@@ -147,7 +142,8 @@ def load_wandb_runs(path: str, group: Optional[str] = None, api=None) -> pd.Data
         summary = dict(getattr(run, "summary_metrics", None) or run.summary)  # a plain dict in the API
         summary.setdefault("status", {"finished": "finished", "crashed": "failed",
                                       "failed": "failed"}.get(run.state, "unfinished"))
-        records.append(_record(flatten(config), summary, config.get("overrides", []), f"{path}/{run.id}"))
+        records.append(_record(config_columns(config), summary, config.get("overrides", []),
+                               f"{path}/{run.id}"))
     frame = pd.DataFrame(records)
     frame.attrs["planned"] = {}
     return frame
