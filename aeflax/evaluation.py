@@ -9,9 +9,12 @@
 - feature extraction: linear probe and k-NN on frozen codes, the same probe on raw pixels;
 - generation and the latent space: the figures.
 
-`evaluate_run` runs what `cfg.eval` asks for, at the end of training and from
-experiments/evaluate.py. Test inputs are drawn exactly as `training.make_evaluate` draws
-them (same binarization and noise keys), so the numbers sit beside the run's own.
+This module holds the metrics and batched passes; each use is an evaluation part
+(aeflax/parts/eval/) that says when it applies and returns its metrics and figures.
+`evaluate_run` runs the parts `cfg.eval` asks for, at the end of training and from
+experiments/evaluate.py; `test_metrics` is the final test evaluation of a run. Test inputs
+are drawn exactly as `training.make_evaluate` draws them (same binarization and noise
+keys), so the numbers sit beside the run's own.
 """
 
 from __future__ import annotations
