@@ -112,6 +112,8 @@ class LoggerConfig:
     group: Optional[str] = None
     tags: list[str] = field(default_factory=list)
     job_type: str = "train"
+    dir: Optional[str] = None  # where the wandb/ folder goes; null: the run dir (a multirun: the sweep dir)
+    log_checkpoints: bool = False  # the checkpoints as a W&B model artifact at the end of the run
 
 
 @dataclass
