@@ -216,11 +216,12 @@ class WandbRun:
         self._call(lambda: self.run.log(metrics, step=step))
 
     def continue_from(self, points: list[dict]) -> None:
-        """Make this W&B folder the whole run: offline, a resumed run starts a new folder, so the
-        points logged before the checkpoint (the record's `points`) are logged again into it and
-        the older folders of this run are removed. The workspace then lists each run once and
-        `wandb sync` uploads it once. Online, W&B continues the run on its server itself."""
-        if self.run is None or self.run.settings.mode != "offline":
+        """In a shared workspace, make this W&B folder the whole run: offline, a resumed run starts
+        a new folder, so the points logged before the checkpoint (the record's `points`) are logged
+        again into it and the older folders of this run (or job) are removed. The workspace then
+        lists each job once and `wandb sync` uploads it once. Online, W&B continues the run on its
+        server itself; a run with its own wandb/ folder keeps its folders as before."""
+        if self.run is None or not self.label or self.run.settings.mode != "offline":
             return
         if self.resumed:
             for point in points:
