@@ -10,7 +10,6 @@ keeps a second process out of a run directory.
 from __future__ import annotations
 
 import fcntl
-import hashlib
 import json
 import logging
 import math
@@ -154,8 +153,8 @@ class WandbRun:
 
     `run_id` (kept in summary.json) resumes the same W&B run after a crash, offline too.
     W&B writes into `<logger.dir or run_dir>/wandb/`; a multirun sets logger.dir to its sweep
-    directory, so the sweep is one folder that `wandb leet` shows as one workspace. There each
-    run's folder ends with its directory's name (the job's overrides), which leet lists it by.
+    directory, so the sweep is one folder that `wandb leet` shows as one workspace (each run
+    named by its directory, i.e. the job's overrides: leet's filter finds runs by them).
     """
 
     # per-epoch losses whose minimum W&B keeps in the summary while training (define_metric)
@@ -166,7 +165,7 @@ class WandbRun:
         self.run = None
         self.run_dir = Path(run_dir)
         self.wandb_dir = Path(getattr(logger_cfg, "dir", None) or run_dir)
-        self.label = _label(self.run_dir, self.wandb_dir)
+        self.shared = self.wandb_dir.resolve() != self.run_dir.resolve()  # a sweep's workspace
         self.log_checkpoints = bool(getattr(logger_cfg, "log_checkpoints", False))
         self.resumed = run_id is not None
         self.best: dict[str, float] = {}
@@ -183,8 +182,7 @@ class WandbRun:
                 project=logger_cfg.project, entity=logger_cfg.entity, group=group,
                 job_type=logger_cfg.job_type, tags=list(logger_cfg.tags), name=name, config=config,
                 dir=str(self.wandb_dir), mode=logger_cfg.mode, id=run_id, resume="allow" if run_id else None,
-                settings=wandb.Settings(console="off", silent=True, init_timeout=60,
-                                        x_sync_dir_suffix=self.label))
+                settings=wandb.Settings(console="off", silent=True, init_timeout=60))
             self.run.define_metric("epoch")
             self.run.define_metric("*", step_metric="epoch")  # per-epoch curves over the epoch
             for key in self.BEST:
@@ -218,17 +216,17 @@ class WandbRun:
     def continue_from(self, points: list[dict]) -> None:
         """In a shared workspace, make this W&B folder the whole run: offline, a resumed run starts
         a new folder, so the points logged before the checkpoint (the record's `points`) are logged
-        again into it and the older folders of this run (or job) are removed. The workspace then
-        lists each job once and `wandb sync` uploads it once. Online, W&B continues the run on its
+        again into it and the older folders of this run are removed. The workspace then lists
+        each run once and `wandb sync` uploads it once. Online, W&B continues the run on its
         server itself; a run with its own wandb/ folder keeps its folders as before."""
-        if self.run is None or not self.label or self.run.settings.mode != "offline":
+        if self.run is None or not self.shared or self.run.settings.mode != "offline":
             return
         if self.resumed:
             for point in points:
                 self.log({k: _unclean(v) for k, v in point.items()}, step=point.get("epoch"))
         own = Path(self.run.settings.sync_dir).name
         for folder in (self.wandb_dir / "wandb").glob("offline-run-*"):
-            if folder.name != own and _same_run(folder.name, self.run.id, self.label):
+            if folder.name != own and folder.name.split("-", 3)[-1] == self.run.id:
                 shutil.rmtree(folder, ignore_errors=True)
 
     def log_image(self, key: str, path, step: Optional[int] = None) -> None:
@@ -260,28 +258,6 @@ class WandbRun:
                                   metadata={"run_dir": str(self.run_dir)})
         artifact.add_dir(str(self.run_dir / DIRNAME))
         self.run.log_artifact(artifact, aliases=["latest"])
-
-
-def _label(run_dir: Path, wandb_dir: Path) -> str:
-    """The end of the run's W&B folder name in a shared workspace: its directory below the
-    workspace (a sweep job's overrides), one path component, within file name limits; "" for a
-    run that keeps its own wandb/ folder."""
-    run_dir, wandb_dir = run_dir.resolve(), wandb_dir.resolve()
-    if run_dir == wandb_dir or wandb_dir not in run_dir.parents:
-        return ""
-    label = str(run_dir.relative_to(wandb_dir)).replace(os.sep, "_")
-    return label if len(label) <= 150 else f"{label[:141]}~{hashlib.sha1(label.encode()).hexdigest()[:8]}"
-
-
-def _same_run(folder: str, run_id: str, label: str) -> bool:
-    """Whether W&B folder `offline-run-<time>-<id>[-<label>]` holds this run, or, in a sweep's
-    workspace, an earlier W&B run of the same job (re-run after fresh=true or a deleted record).
-    Run ids here have no dash (W&B's own, and the table's)."""
-    parts = folder.split("-", 3)  # offline, run, <time>, <id>[-<label>]
-    if len(parts) < 4:
-        return False
-    folder_id, _, folder_label = parts[3].partition("-")
-    return folder_id == run_id or bool(label) and folder_label == label
 
 
 def _unclean(value):
