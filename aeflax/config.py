@@ -83,6 +83,8 @@ class LoggerConfig:
     group: Optional[str] = record(None)
     tags: list[str] = record(default_factory=list)
     job_type: str = record("train")
+    dir: Optional[str] = record(None)  # the wandb/ folder's parent; null: the run dir (a multirun: the sweep dir)
+    log_checkpoints: bool = record(False)  # the checkpoints as a W&B model artifact at the end of the run
 
 
 BottleneckConfig = parts.axis_config("bottleneck", "BottleneckConfig")

@@ -145,6 +145,7 @@ def _train(cfg, dataset: data.Dataset, workdir: Path, record: RunRecord, tracker
         summary["resumed_from_epoch"] = last
         log.info("resuming %s from the checkpoint of epoch %d", workdir, last)
     record.truncate_after(last or 0)  # points logged after the checkpoint are logged again
+    tracker.continue_from(read_metrics(workdir))  # offline: one W&B folder per run, resumed or not
     write_json_atomic(workdir / SETTINGS, settings(cfg))  # from now on the directory holds this run
     earlier = [p for p in read_metrics(workdir) if "epoch_seconds" in p]  # fit's points before the checkpoint
     summary["time/startup_seconds"] = time.time() - started

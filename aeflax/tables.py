@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Optional
@@ -156,6 +157,42 @@ def load(sweeps: Sequence, wandb: Optional[str] = None, group: Optional[str] = N
     if not sweeps:
         raise TableError("give sweep directories (multirun/<name>) or --wandb ENTITY/PROJECT")
     return load_runs(sweeps)
+
+
+def log_to_wandb(sweep_dir, runs: pd.DataFrame, keys: Sequence[str], metrics: Sequence[str],
+                 cells: Optional[pd.DataFrame] = None, mode: Optional[str] = None) -> Path:
+    """Log the runs' final metrics (one row per run: its swept keys, status and `metrics`) and
+    the table's cells as `wandb.Table`s into the sweep's W&B workspace (`<sweep>/wandb`), in one
+    run named `table` of the sweep's group. Its id is fixed per sweep, so logging again replaces
+    the table (one W&B run) rather than adding one. Returns the W&B folder written."""
+    import hashlib
+
+    import wandb
+
+    from aeflax.config import LoggerConfig
+    from aeflax.tracking import WandbRun
+
+    sweep_dir = Path(sweep_dir)
+    group_file = sweep_dir / "wandb_group.txt"
+    group = group_file.read_text().strip() if group_file.exists() else sweep_dir.resolve().name
+    run_id = "table" + hashlib.sha1(group.encode()).hexdigest()[:10]
+    mode = mode or os.environ.get("WANDB_MODE", "offline")
+    columns = ["run", *keys, "status", *[m for m in metrics if m in runs]]
+    rows = runs.reindex(columns=columns).astype(object).where(runs.reindex(columns=columns).notna(), None)
+    rows["run"] = [Path(r).name for r in runs["run"]]
+    tracker = WandbRun(LoggerConfig(mode=mode, dir=str(sweep_dir), job_type="table"), sweep_dir / "table",
+                       {"keys": list(keys), "metrics": list(metrics)}, name="table", group=group,
+                       run_id=run_id)
+    if tracker.run is None:
+        raise TableError(f"W&B could not start a run in {sweep_dir / 'wandb'} (see the warning above)")
+    tracker.continue_from([])  # the table's earlier folders go: one table run per sweep
+    logged = {"runs": wandb.Table(dataframe=rows)}
+    if cells is not None:
+        logged["cells"] = wandb.Table(dataframe=cells.astype(object).where(cells.notna(), None))
+    tracker.log(logged)
+    folder = Path(tracker.run.settings.sync_dir)
+    tracker.finish()
+    return folder
 
 
 # ---------------------------------------------------------------- grouping

@@ -14,6 +14,7 @@ import json
 import logging
 import math
 import os
+import shutil
 import socket
 from pathlib import Path
 from typing import Any, Optional
@@ -151,11 +152,23 @@ class WandbRun:
     """A W&B run that never stops training: failures become one warning and a no-op.
 
     `run_id` (kept in summary.json) resumes the same W&B run after a crash, offline too.
+    W&B writes into `<logger.dir or run_dir>/wandb/`; a multirun sets logger.dir to its sweep
+    directory, so the sweep is one folder that `wandb leet` shows as one workspace (each run
+    named by its directory, i.e. the job's overrides: leet's filter finds runs by them).
     """
+
+    # per-epoch losses whose minimum W&B keeps in the summary while training (define_metric)
+    BEST = ("val/loss", "test/loss")
 
     def __init__(self, logger_cfg, run_dir, config: dict, name: str, group: Optional[str],
                  run_id: Optional[str] = None):
         self.run = None
+        self.run_dir = Path(run_dir)
+        self.wandb_dir = Path(getattr(logger_cfg, "dir", None) or run_dir)
+        self.shared = self.wandb_dir.resolve() != self.run_dir.resolve()  # a sweep's workspace
+        self.log_checkpoints = bool(getattr(logger_cfg, "log_checkpoints", False))
+        self.resumed = run_id is not None
+        self.best: dict[str, float] = {}
         if logger_cfg.mode == "disabled":
             return
         try:
@@ -164,11 +177,16 @@ class WandbRun:
             _list_packages_once(wandb)
             if logger_cfg.mode == "online":
                 check_online(os.environ.get("WANDB_BASE_URL") or wandb.Settings().base_url)
+            self.wandb_dir.mkdir(parents=True, exist_ok=True)
             self.run = wandb.init(
                 project=logger_cfg.project, entity=logger_cfg.entity, group=group,
                 job_type=logger_cfg.job_type, tags=list(logger_cfg.tags), name=name, config=config,
-                dir=str(run_dir), mode=logger_cfg.mode, id=run_id, resume="allow" if run_id else None,
+                dir=str(self.wandb_dir), mode=logger_cfg.mode, id=run_id, resume="allow" if run_id else None,
                 settings=wandb.Settings(console="off", silent=True, init_timeout=60))
+            self.run.define_metric("epoch")
+            self.run.define_metric("*", step_metric="epoch")  # per-epoch curves over the epoch
+            for key in self.BEST:
+                self.run.define_metric(key, step_metric="epoch", summary="min")
         except Exception as err:  # noqa: BLE001 - tracking must never lose a run
             text = " ".join(str(err).split())[:300]
             log.warning("W&B is off for this run (%s: %s); training goes on and the local record in %s is "
@@ -189,7 +207,27 @@ class WandbRun:
             self.run = None
 
     def log(self, metrics: dict, step: Optional[int] = None) -> None:
+        for key in self.BEST:
+            value = metrics.get(key)
+            if isinstance(value, (int, float)) and math.isfinite(value):
+                self.best[key] = min(value, self.best.get(key, math.inf))
         self._call(lambda: self.run.log(metrics, step=step))
+
+    def continue_from(self, points: list[dict]) -> None:
+        """In a shared workspace, make this W&B folder the whole run: offline, a resumed run starts
+        a new folder, so the points logged before the checkpoint (the record's `points`) are logged
+        again into it and the older folders of this run are removed. The workspace then lists
+        each run once and `wandb sync` uploads it once. Online, W&B continues the run on its
+        server itself; a run with its own wandb/ folder keeps its folders as before."""
+        if self.run is None or not self.shared or self.run.settings.mode != "offline":
+            return
+        if self.resumed:
+            for point in points:
+                self.log({k: _unclean(v) for k, v in point.items()}, step=point.get("epoch"))
+        own = Path(self.run.settings.sync_dir).name
+        for folder in (self.wandb_dir / "wandb").glob("offline-run-*"):
+            if folder.name != own and folder.name.split("-", 3)[-1] == self.run.id:
+                shutil.rmtree(folder, ignore_errors=True)
 
     def log_image(self, key: str, path, step: Optional[int] = None) -> None:
         def log_one():
@@ -200,11 +238,31 @@ class WandbRun:
         self._call(log_one)
 
     def summary(self, summary: dict) -> None:
-        self._call(lambda: self.run.summary.update(summary))
+        """The final metrics (as in summary.json) and the best per-epoch losses as best/<key>."""
+        best = {f"best/{k}": v for k, v in self.best.items()}
+        self._call(lambda: self.run.summary.update({**summary, **best}))
 
     def finish(self, exit_code: int = 0) -> None:
+        if exit_code == 0 and self.log_checkpoints:
+            self._call(self._log_checkpoints)
         self._call(lambda: self.run.finish(exit_code=exit_code))
         self.run = None
+
+    def _log_checkpoints(self) -> None:
+        """The run's checkpoints/ as a W&B model artifact (logger.log_checkpoints=true)."""
+        import wandb
+
+        from aeflax.checkpoint import DIRNAME
+
+        artifact = wandb.Artifact(f"checkpoints-{self.run.id}", type="model",
+                                  metadata={"run_dir": str(self.run_dir)})
+        artifact.add_dir(str(self.run_dir / DIRNAME))
+        self.run.log_artifact(artifact, aliases=["latest"])
+
+
+def _unclean(value):
+    """The inverse of _clean for replay: NaN/Inf strings back to floats."""
+    return float(value) if value in ("nan", "inf", "-inf") else value
 
 
 def _list_packages_once(wandb) -> None:

@@ -6,7 +6,8 @@ directory is Hydra's output directory. User errors end with one line and exit co
 
 In a multirun every job is its own W&B run, grouped by sweep (the sweep's name and first
 launch time, kept in the sweep directory so a re-run joins the same group) and tagged
-with the experiment and variant. Job directories are stable (conf/config.yaml), so the
+with the experiment and variant; all of them write into `<sweep dir>/wandb/`, one folder
+that `wandb leet` shows as one workspace. Job directories are stable (conf/config.yaml), so the
 same command again skips finished jobs (run.py) and re-runs failed or missing ones.
 """
 
@@ -62,6 +63,8 @@ def wandb_identity(cfg: DictConfig, hc) -> tuple[str | None, list[str], dict]:
     multirun = hc.mode == RunMode.MULTIRUN
     tracked = cfg.logger.mode != "disabled"
     group = cfg.logger.group or (sweep_group(Path(hc.sweep.dir)) if multirun and tracked else None)
+    if multirun and cfg.logger.dir is None:  # the sweep is one W&B workspace: <sweep dir>/wandb
+        cfg.logger.dir = str(hc.sweep.dir)
     tags = [*cfg.logger.tags, cfg.name, *choices.values(), *(["sweep"] if multirun else [])]
     tags = [t[:64] for t in dict.fromkeys(tags)]  # W&B's limit
     config = OmegaConf.to_container(cfg, resolve=True)

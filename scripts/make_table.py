@@ -4,6 +4,7 @@
         --metric test/mse [--format md|latex|csv] [--out table.md]
     python scripts/make_table.py multirun/variants --rows variant --metric test/mse test/psnr
     python scripts/make_table.py --wandb ENTITY/PROJECT --group sweep_latent-2026-... --rows variant ...
+    python scripts/make_table.py multirun/sweep_latent --rows variant --log-wandb   # + a wandb.Table
 
 Rows default to the keys the sweep varied (seed aside). Bad input ends with one line and exit 2.
 """
@@ -34,7 +35,14 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--wandb", metavar="ENTITY/PROJECT", help="read the runs from the W&B API (online)")
     p.add_argument("--group", help="with --wandb: only this W&B group (a sweep)")
     p.add_argument("--out", type=Path, help="write here instead of stdout")
+    p.add_argument("--log-wandb", action="store_true",
+                   help="also log the runs' final metrics and the cells as wandb.Tables into the sweep's "
+                        "W&B workspace (<sweep>/wandb; offline unless WANDB_MODE=online)")
     return p.parse_args(argv)
+
+
+def _unique(keys: list[str]) -> list[str]:
+    return list(dict.fromkeys(keys))
 
 
 def split(keys: str) -> list[str]:
@@ -42,6 +50,8 @@ def split(keys: str) -> list[str]:
 
 
 def make(args: argparse.Namespace) -> str:
+    if args.log_wandb and (args.wandb or len(args.sweeps) != 1):
+        raise tables.TableError("--log-wandb logs into one sweep's W&B workspace: give one sweep directory")
     runs = tables.load(args.sweeps, args.wandb, args.group)
     cols = split(args.cols)
     rows = split(args.rows) if args.rows is not None else \
@@ -50,6 +60,10 @@ def make(args: argparse.Namespace) -> str:
     table, bold, long = tables.build(runs, rows, cols, args.metric, goal=args.goal, digits=args.digits)
     for warning in warnings + tables.pooled(runs, rows + cols):
         print(f"warning: {warning}", file=sys.stderr)
+    if args.log_wandb:
+        folder = tables.log_to_wandb(args.sweeps[0], runs, _unique(rows + cols + tables.swept_keys(runs)),
+                                     args.metric, cells=long)
+        print(f"logged the table to W&B: {folder}", file=sys.stderr)
     if args.format == "csv":
         return tables.to_csv(long)
     if args.format == "latex":

@@ -70,8 +70,10 @@ def sweeps(tmp_path_factory):
 
 
 def wandb_records(run_dir: Path) -> list[dict]:
-    """The records of a run's offline .wandb log, through `wandb leet inspect --json`."""
-    (log,) = run_dir.glob("wandb/offline-run-*/run-*.wandb")
+    """The records of a run's offline .wandb log (in its sweep's workspace, <sweep>/wandb), through
+    `wandb leet inspect --json`."""
+    run_id = read_summary(run_dir)["wandb_id"]
+    (log,) = run_dir.parent.glob(f"wandb/offline-run-*-{run_id}/run-{run_id}.wandb")
     out = subprocess.run([WANDB, "leet", "inspect", "--json", str(log)], capture_output=True, text=True,
                          timeout=120, check=True).stdout
     return [json.loads(line) for line in out.splitlines() if line.startswith("{")]
