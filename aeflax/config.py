@@ -83,7 +83,7 @@ class LoggerConfig:
     group: Optional[str] = record(None)
     tags: list[str] = record(default_factory=list)
     job_type: str = record("train")
-    dir: Optional[str] = record(None)  # parent of the wandb/ folder; null: the run dir (multirun: the sweep's)
+    dir: Optional[str] = record(None)  # parent of the wandb/ folder; null: the run dir (multirun: sweep's)
     log_checkpoints: bool = record(False)  # the checkpoints as a W&B model artifact at the end of the run
 
 
