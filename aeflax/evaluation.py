@@ -212,10 +212,11 @@ def test_terms(cfg, model, state, images, with_ssim: bool = True) -> dict:
     key = eval_key(state)
     bs = min(cfg.train.eval_batch_size, len(images))
     posterior = parts.bottleneck_of(cfg).posterior
+    hp = training.hyperparameters(cfg, 1)
 
     def fn(model, xb, idx):
         x_in, x = test_inputs(cfg, key, xb, idx)
-        terms = objectives.eval_terms(model, x_in, x, jax.random.fold_in(key, idx[0] // bs), cfg)
+        terms = objectives.eval_terms(model, x_in, x, jax.random.fold_in(key, idx[0] // bs), cfg, hp)
         if with_ssim or posterior:  # a second pass: eval_terms keeps its outputs to itself
             out = model(x_in, train=False)
             if with_ssim:

@@ -119,6 +119,7 @@ class Batch:
     step: Any = None  # the optimizer step (training)
     metrics: dict = field(default_factory=dict)  # training: scalar mse and bce, as logged
     terms: dict = field(default_factory=dict)  # evaluation: per-image mse, bce and psnr
+    hp: dict = field(default_factory=dict)  # evaluation: the traced values (training: an argument)
 
 
 def loss_and_metrics(model, x_in, x_target, key, hp, cfg, train: bool = True, step=None):
@@ -145,13 +146,17 @@ def loss_and_metrics(model, x_in, x_target, key, hp, cfg, train: bool = True, st
     return loss, metrics
 
 
-def eval_terms(model, x_in, x_target, key, cfg):
-    """Per-image evaluation terms ([B] arrays) for a held-out split; `loss` is the objective's data term."""
+def eval_terms(model, x_in, x_target, key, cfg, hp):
+    """Per-image evaluation terms ([B] arrays) for a held-out split; `loss` is the objective's data term.
+
+    A term that reads a traced value takes it from `hp` (batch.hp), never from `cfg`: a vmapped
+    group evaluates every member with the first member's cfg.
+    """
     bottleneck = parts.bottleneck_of(cfg)
     out = model(x_in, key=key if bottleneck.posterior else None, train=False)
     terms = {"mse": mse(out["recon"], x_target), "bce": bce_from_logits(out["logits"], x_target),
              "psnr": psnr(out["recon"], x_target)}
-    batch = Batch(model, x_in, x_target, key, out, cfg, terms=terms)
+    batch = Batch(model, x_in, x_target, key, out, cfg, terms=terms, hp=hp)
     terms.update(parts.loss_of(cfg).eval_terms(batch))
     terms.update(bottleneck.eval_terms(batch))
     return terms

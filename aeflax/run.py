@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from aeflax import data
-from aeflax.config import ConfigError, settings, validate
+from aeflax.config import Config, ConfigError, settings, validate
 from aeflax.tracking import (
     METRICS,
     SUMMARY,
@@ -209,11 +209,16 @@ def clear(workdir: Path) -> None:
 
 
 def check_same_settings(workdir: Path, ours: dict) -> None:
-    """A run directory holds one configuration: refuse to resume or skip a run of another."""
+    """A run directory holds one configuration: refuse to resume or skip a run of another.
+
+    A field added since the run was recorded (a new part's) counts as its default there: new
+    options are off by default, so adding a part does not orphan the run directories made before.
+    """
     try:
         theirs = json.loads((workdir / SETTINGS).read_text())
     except (OSError, ValueError):
         return
+    theirs = {**{k: v for k, v in settings(Config()).items() if k not in theirs}, **theirs}
     changed = [f"{k}: {theirs.get(k)!r} -> {ours.get(k)!r}" for k in sorted(set(ours) | set(theirs))
                if ours.get(k) != theirs.get(k)]
     if changed:

@@ -229,12 +229,12 @@ def make_evaluate(graphdef, cfg, num_eval: int, prefix: str) -> Callable:
                 x = jax.vmap(lambda k, xi: jax.random.bernoulli(k, xi))(bkeys, x).astype(jnp.float32)
             nkeys = jax.vmap(lambda i: jax.random.fold_in(jax.random.fold_in(key, NOISE_STREAM), i))(idx)
             x_in = parts.noise_of(cfg).corrupt_batch(nkeys, x, hp)
-            terms = objectives.eval_terms(model, x_in, x, jax.random.fold_in(key, b), cfg)
+            terms = objectives.eval_terms(model, x_in, x, jax.random.fold_in(key, b), cfg, hp)
             w = valid.astype(jnp.float32)
             return jax.tree.map(lambda t, v: t + jnp.sum(v * w), total, terms), None
 
         shapes = jax.eval_shape(lambda: objectives.eval_terms(
-            model, images[:bs].astype(jnp.float32), images[:bs].astype(jnp.float32), key, cfg))
+            model, images[:bs].astype(jnp.float32), images[:bs].astype(jnp.float32), key, cfg, hp))
         zero = {k: jnp.zeros((), jnp.float32) for k in shapes}
         total, _ = jax.lax.scan(one, zero, jnp.arange(n_batches))
         return {f"{prefix}/{k}": v / num_eval for k, v in total.items()}

@@ -110,3 +110,15 @@ def test_finished_runs_are_left_alone_other_settings_and_corruption_are_errors_f
     assert again["status"] == "finished" and again["wall_seconds"] != first["wall_seconds"]
     assert stable([again]) == stable([first])  # the same seed: the same numbers, from scratch
     assert epochs_logged(tmp_path) == [1, 2] and "resumed_from_epoch" not in again
+
+
+def test_a_field_added_since_a_run_was_recorded_counts_as_its_default(tmp_path):
+    from aeflax.config import settings
+    from aeflax.run import SETTINGS, check_same_settings
+
+    ours = settings(make_cfg(*TINY))
+    older = {k: v for k, v in ours.items() if k != "loss.beta"}  # recorded before loss.beta existed
+    tracking.write_json_atomic(tmp_path / SETTINGS, older)
+    check_same_settings(tmp_path, ours)  # resumes or skips as before
+    with pytest.raises(ConfigError, match=r"loss.beta: 1.0 -> 2.0"):
+        check_same_settings(tmp_path, {**ours, "loss.beta": 2.0})

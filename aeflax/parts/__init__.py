@@ -106,7 +106,7 @@ class Bottleneck(Part):
         return [], {}
 
     def eval_terms(self, batch) -> dict:
-        """Per-image terms ([B] arrays) it adds to the evaluation of a split."""
+        """Per-image terms ([B] arrays) it adds to the evaluation of a split (traced values: batch.hp)."""
         return {}
 
     # with `posterior`:
@@ -140,7 +140,8 @@ class Loss(Part):
         raise NotImplementedError
 
     def eval_terms(self, batch) -> dict:
-        """Per-image terms, `loss` among them (the objective's data term per image)."""
+        """Per-image terms, `loss` among them (the objective's data term per image); traced values
+        from `batch.hp`, as in training (a vmapped group evaluates every member with one cfg)."""
         raise NotImplementedError
 
 
