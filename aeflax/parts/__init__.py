@@ -217,7 +217,21 @@ def registry() -> dict[str, dict[str, Part]]:
             if part.axis != axis or part.name in found[axis]:
                 raise TypeError(f"{package.__name__}.{info.name}: PART {part!r} is not a new {axis} part")
             found[axis][part.name] = part
+    _check_hp_names(found)
     return found
+
+
+def _check_hp_names(found: dict[str, dict[str, Part]]) -> None:
+    """`hp` is one flat dict: two different fields may not travel under one name (a field
+    shared by parts, declared alike, is one field)."""
+    owner: dict[str, str] = {}
+    for axis, axis_parts in found.items():
+        for part in axis_parts.values():
+            for f in dataclasses.fields(part.Fields) if part.Fields else ():
+                name = hp_name(f)
+                if name and owner.setdefault(name, f"{axis}.{f.name}") != f"{axis}.{f.name}":
+                    raise TypeError(f"{axis}.{f.name} ({part!r}) and {owner[name]} are both traced as "
+                                    f"hp[{name!r}]; give one of them another name: traced(default, hp=...)")
 
 
 def parts(axis: str) -> tuple[Part, ...]:
