@@ -278,13 +278,14 @@ class FitResult:
 
 def fit(cfg, dataset, *, state: Optional[TrainState] = None, graphdef=None,
         on_epoch: Optional[Callable[[int, Metrics, TrainState], None]] = None,
-        progress: bool = True) -> FitResult:
+        progress: bool = True, stop: Optional[Callable[[], bool]] = None) -> FitResult:
     """Train for cfg.train.epochs (continuing from `state` if given), evaluating each epoch.
 
     `on_epoch(epoch, metrics, state)` is called after every epoch (logging, checkpoints).
     With cfg.train.early_stopping_patience > 0, training stops once the validation loss has
     not improved for that many epochs and the result holds the best epoch's state.
-    Raises NonFiniteLoss when a training or evaluation metric is not finite.
+    Raises NonFiniteLoss when a training or evaluation metric is not finite. `stop()`, asked
+    before each epoch, ends training early when true (a signal: aeflax.run).
     """
     queued = _queued(cfg, state)
     if queued:
@@ -307,6 +308,8 @@ def fit(cfg, dataset, *, state: Optional[TrainState] = None, graphdef=None,
     stopper = EarlyStopping(cfg.train.early_stopping_patience, f"{eval_name}/loss", start)
     bar = _progress(range(start, cfg.train.epochs), progress, initial=start, total=cfg.train.epochs)
     for epoch in bar:
+        if stop is not None and stop():
+            break
         t0 = time.perf_counter()
         state, train_metrics = train_epoch(state, train_images, hp)
         metrics = {k: float(v) for k, v in {**train_metrics, **evaluate(state, eval_images, hp)}.items()}
