@@ -234,7 +234,7 @@ def _follow(cfg, workdir: Path, signals: StopSignals) -> dict:
     if code == STOP:
         raise ConfigError(f"process 0 stopped before training in {workdir}; its output says why")
     if code == SKIP:
-        return {"status": "finished"}
+        return read_summary(workdir) or {}
     validate(cfg)
     dataset = data.load(cfg.data)
     check_compatible(cfg, dataset)
@@ -299,7 +299,7 @@ def _train(cfg, dataset, workdir: Path, record: Optional[RunRecord], tracker: Op
         raise Interrupted(signals.name, done["epoch"], workdir)
     checkpoint.save_final(mgr, result.state)  # the kept state (the best epoch's after early stopping)
     if not primary:
-        return {"status": "finished"}
+        return {"status": "finished", "process": jax.process_index()}
     result.state = parallel.local_copy(result.state)  # several processes: process 0 evaluates alone
     result.history = earlier + result.history  # every epoch, those before a resume included
     final = dict(next(h for h in reversed(result.history) if h["epoch"] == int(result.state.epoch)))
