@@ -55,7 +55,11 @@ def batched(mesh: Mesh) -> NamedSharding:
 def replicate(tree, mesh: Optional[Mesh]):
     import jax
 
-    return jax.device_put(tree) if mesh is None else jax.device_put(tree, replicated(mesh))
+    if mesh is None:
+        return jax.device_put(tree)
+    if jax.process_count() > 1:  # via host memory: no array moves between processes
+        tree = jax.tree.map(np.asarray, tree)
+    return jax.device_put(tree, replicated(mesh))
 
 
 # --- several processes -------------------------------------------------------------------

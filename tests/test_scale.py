@@ -57,15 +57,9 @@ def wait_for_epoch(run_dir, proc, epoch=1, limit=240):
 
 @pytest.mark.slow
 def test_two_processes_train_one_run_with_the_metrics_of_one_process(tmp_path):
-    run_dir, port = tmp_path / "two", free_port()
-    procs = [subprocess.Popen(
-        [sys.executable, TRAIN, f"hydra.run.dir={run_dir}", *TINY, "logger=offline"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        env={**os.environ, "WANDB_MODE": "offline", "JAX_COORDINATOR_ADDRESS": f"127.0.0.1:{port}",
-             "JAX_NUM_PROCESSES": "2", "JAX_PROCESS_ID": str(i)}) for i in range(2)]
-    outs = [p.communicate(timeout=300) for p in procs]
-    assert [p.returncode for p in procs] == [0, 0], [o[1][-2000:] for o in outs]
-    assert "Rank 1 is connected to 1 peer" in outs[1][1]  # gloo: the processes did exchange gradients
+    run_dir = tmp_path / "two"
+    procs, outs = two_processes(run_dir)
+    assert "Rank 1 is connected to 1 peer" in "".join(outs[1])  # gloo: the processes did exchange gradients
     assert str(run_dir) in outs[0][0] and str(run_dir) not in outs[1][0]  # process 0 reports, alone
 
     two = tracking.read_summary(run_dir)
@@ -74,7 +68,25 @@ def test_two_processes_train_one_run_with_the_metrics_of_one_process(tmp_path):
     assert metrics(two) == pytest.approx(metrics(one), rel=1e-5, abs=1e-7)
     assert epochs_logged(run_dir) == [1, 2]  # one record: each epoch logged once
     assert [r.name[-8:] for r in (run_dir / "wandb").glob("offline-run-*")] == [two["wandb_id"]]
-    assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["2"]
+    assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["1", "2"]
+
+    tracking.write_json_atomic(run_dir / "summary.json", {**two, "status": "running"})  # as if killed
+    two_processes(run_dir)  # both processes restore epoch 2; process 0 evaluates again
+    again = tracking.read_summary(run_dir)
+    assert again["resumed_from_epoch"] == 2 and metrics(again) == metrics(two)
+
+
+def two_processes(run_dir):
+    """experiments/train.py as two processes of one run (JAX's coordinator on localhost)."""
+    port = free_port()
+    procs = [subprocess.Popen(
+        [sys.executable, TRAIN, f"hydra.run.dir={run_dir}", *TINY, "logger=offline"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env={**os.environ, "WANDB_MODE": "offline", "JAX_COORDINATOR_ADDRESS": f"127.0.0.1:{port}",
+             "JAX_NUM_PROCESSES": "2", "JAX_PROCESS_ID": str(i)}) for i in range(2)]
+    outs = [p.communicate(timeout=300) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], [o[1][-2000:] for o in outs]
+    return procs, outs
 
 
 @pytest.mark.slow
