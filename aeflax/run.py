@@ -330,7 +330,7 @@ def check_writable(workdir: Path) -> None:
         probe.write_text("")
         probe.unlink()
     except OSError as err:
-        raise ConfigError(f"output directory {workdir} is not writable ({err.strerror or err}); "
+        raise ConfigError(f"output directory {workdir} cannot be created or written ({err.strerror or err}); "
                           "choose another one (hydra.run.dir=... or hydra.sweep.dir=...)") from None
 
 
