@@ -5,6 +5,10 @@ state. Orbax writes each checkpoint into a temporary directory and renames it wh
 complete, so a kill mid-save leaves the previous checkpoint as the latest. A digest of
 each checkpoint's files, checked before restoring, turns a corrupted checkpoint into one
 clear error instead of a restore that fails deep inside Orbax (or silently succeeds).
+
+With several processes (aeflax.parallel) every process calls `save` and `restore`, as Orbax
+requires on several hosts (it writes each array once and synchronises the processes); the
+run directory must be on a file system they all see. Process 0 writes the digests.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import os
 from pathlib import Path
 from typing import Optional
 
+import jax
 import orbax.checkpoint as ocp
 
 DIRNAME = "checkpoints"
@@ -36,15 +41,19 @@ def manager(run_dir, max_to_keep: int = 2) -> ocp.CheckpointManager:
     options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True, cleanup_tmp_directories=True,
                                            enable_async_checkpointing=False)
     try:
-        return ocp.CheckpointManager(path, options=options)
+        mgr = ocp.CheckpointManager(path, options=options)
     except Exception as err:  # noqa: BLE001 - an unreadable directory is one clear error
         raise CheckpointError(f"the checkpoints in {path} cannot be read ({_first_line(err)}); "
                               f"{FRESH_HINT}") from None
+    _read_digests(mgr)  # a damaged digest file stops the run before it trains
+    return mgr
 
 
 def save(mgr: ocp.CheckpointManager, epoch: int, state) -> None:
     mgr.save(epoch, args=ocp.args.StandardSave(state))
     mgr.wait_until_finished()
+    if jax.process_index() != 0:
+        return
     digests = _read_digests(mgr)
     digests = {k: v for k, v in digests.items() if int(k) in mgr.all_steps()}  # drop the deleted ones
     digests[str(epoch)] = _digest(Path(mgr.directory) / str(epoch))
@@ -103,10 +112,20 @@ def _digest(step_dir: Path) -> str:
 
 
 def _read_digests(mgr: ocp.CheckpointManager) -> dict:
-    try:
-        return json.loads((Path(mgr.directory).parent / DIGESTS).read_text())
-    except (OSError, ValueError):
+    """{epoch: digest}; {} before the first save. A damaged file is one clear error: without it
+    the checkpoints cannot be checked, and it is never silently replaced."""
+    path = Path(mgr.directory).parent / DIGESTS
+    if not path.exists():
         return {}
+    try:
+        digests = json.loads(path.read_bytes())
+        if not isinstance(digests, dict) or not all(k.isdigit() and isinstance(v, str)
+                                                    for k, v in digests.items()):
+            raise ValueError("not {epoch: sha256}")
+        return digests
+    except (OSError, ValueError) as err:
+        raise CheckpointError(f"{path} is damaged ({type(err).__name__}: {str(err)[:80]}); delete it to use "
+                              f"the checkpoints unchecked, or {FRESH_HINT}") from None
 
 
 def _first_line(err: BaseException) -> str:

@@ -12,6 +12,7 @@ with one line that says how to get it.
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import socket
@@ -29,6 +30,8 @@ from aeflax.config import DataConfig
 DEBIAN_PACKAGE = "dataset-fashion-mnist"
 DEBIAN_DIR = Path("/usr/share/datasets/fashion-mnist")
 CACHE_FORMAT = 1  # bump when the .npz layout changes
+CACHE_KEYS = ("train_images", "train_labels", "test_images", "test_labels", "class_names")
+log = logging.getLogger(__name__)
 
 
 class DataError(RuntimeError):
@@ -76,7 +79,15 @@ def load(cfg: DataConfig) -> Dataset:
     arrays = _read_cache(cfg.name, root)
     if arrays is None:
         _prepare(cfg.name, root)
-        arrays = _export_cache(cfg.name, root)
+        try:
+            arrays = _export_cache(cfg.name, root)
+        except DataError:
+            raise
+        except Exception as err:  # noqa: BLE001 - prepared files that cannot be read: one line, the way out
+            where = root / cfg.name
+            raise DataError(f"the prepared {cfg.name} data in {where} cannot be read ({type(err).__name__}: "
+                            f"{' '.join(str(err).split())[:120]}); delete {where} and run again to prepare"
+                            f" it anew (python scripts/prepare_data.py {cfg.name})") from None
     train = Split(arrays["train_images"], arrays["train_labels"])
     test = Split(arrays["test_images"], arrays["test_labels"])
     names = tuple(str(s) for s in arrays["class_names"])
@@ -120,11 +131,21 @@ def _cache_path(name: str, root: Path) -> Path:
 
 
 def _read_cache(name: str, root: Path) -> Optional[dict]:
+    """The .npz copy, or None when there is none or it is damaged (then it is rebuilt)."""
     path = _cache_path(name, root)
     if not path.exists():
         return None
-    with np.load(path) as f:
-        return {k: f[k] for k in f.files}
+    try:
+        with np.load(path) as f:
+            arrays = {k: f[k] for k in CACHE_KEYS}
+        if len(arrays["train_images"]) != len(arrays["train_labels"]) or \
+                len(arrays["test_images"]) != len(arrays["test_labels"]):
+            raise ValueError("images and labels differ in number")
+        return arrays
+    except Exception as err:  # noqa: BLE001 - cut short (a full disk), garbled, an older layout
+        log.warning("the cached copy %s is damaged (%s: %s); rebuilding it from the prepared tfds data",
+                    path, type(err).__name__, " ".join(str(err).split())[:100])
+        return None
 
 
 def _export_cache(name: str, root: Path) -> dict:

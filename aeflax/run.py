@@ -6,7 +6,9 @@ figures/, checkpoints/ and the W&B run in `workdir`.
 
 A run directory is resumable: re-running the same command into it continues from the
 last checkpoint (and the same W&B run id), skips a finished run, and `fresh=true` starts
-over. One process at a time holds it (a lock file).
+over. One process at a time holds it (a lock file). SIGTERM, SIGINT, SIGUSR1 and SIGUSR2
+(a scheduler's pre-emption or time limit) stop it after the epoch in flight, saved, with
+status "interrupted".
 """
 
 from __future__ import annotations
@@ -16,12 +18,13 @@ import json
 import logging
 import os
 import shutil
+import signal
 import threading
 import time
 from pathlib import Path
 from typing import Any, Optional
 
-from aeflax import data
+from aeflax import data, parallel
 from aeflax.config import Config, ConfigError, settings, validate
 from aeflax.tracking import (
     METRICS,
@@ -62,6 +65,65 @@ def process_start_time() -> float:
         return time.time()
 
 
+class Interrupted(RuntimeError):
+    """A stop signal ended the run after a saved epoch; the same command resumes it."""
+
+    def __init__(self, signame: str, epoch: int, workdir: Path):
+        super().__init__(f"{signame} stopped the run in {workdir} after epoch {epoch} (saved); the same "
+                         "command resumes it")
+        self.exit_code = 128 + getattr(signal, signame, signal.SIGTERM)  # the shell's code for the signal
+
+
+class StopSignals:
+    """SIGTERM, SIGINT, SIGUSR1, SIGUSR2 during a run: finish the epoch in flight, save it, stop.
+
+    Slurm sends SIGTERM on pre-emption and a USR signal before the time limit (submitit asks
+    for SIGUSR2 and requeues in its handler, which `pass_on` calls once the run has saved and
+    recorded itself). The epoch in flight is one compiled program: it cannot be cut short, so
+    an epoch longer than the scheduler's grace period ends by SIGKILL and the run resumes from
+    the checkpoint before it. A second SIGINT (Ctrl-C twice) stops at once.
+    """
+
+    NAMES = ("SIGTERM", "SIGINT", "SIGUSR1", "SIGUSR2")
+
+    def __init__(self):
+        self.signum: Optional[int] = None
+        self.stopped = False  # training stopped for a signal (on any process of the run)
+        self.previous: dict = {}
+
+    def __enter__(self) -> StopSignals:
+        if threading.current_thread() is threading.main_thread():  # Python's rule for handlers
+            for name in self.NAMES:
+                sig = getattr(signal, name)
+                self.previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
+
+    def _handle(self, signum, frame) -> None:
+        if self.signum is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.signum = self.signum or signum
+        os.write(2, f"{signal.Signals(signum).name}: the run stops after the epoch in flight\n".encode())
+
+    def agreed(self) -> bool:
+        """Stop now? Asked by `fit` before each epoch; every process of a run gives the same answer."""
+        self.stopped = parallel.any_process(self.signum is not None)
+        return self.stopped
+
+    @property
+    def name(self) -> str:
+        return signal.Signals(self.signum).name if self.signum else "a signal to another process"
+
+    def pass_on(self) -> None:
+        """Hand the signal to the handler that was there before (submitit's requeue and exit)."""
+        handler = self.previous.get(self.signum)
+        if callable(handler) and handler is not signal.default_int_handler:
+            handler(self.signum, None)
+
+
 def check_compatible(cfg, dataset: data.Dataset) -> None:
     """Fail early, with the fix, when the model cannot take the dataset's images."""
     h, w, c = dataset.image_shape
@@ -85,53 +147,115 @@ def train_and_evaluate(cfg, workdir, *, config_dict: Optional[dict] = None, grou
     resumes from its last checkpoint. `trained` (a training.Trained from a vmapped sweep
     group) is this run's training, already done: a fresh run records and evaluates it
     instead of training. Errors propagate after the summary records status "failed" and
-    the error line.
+    the error line; a stop signal after it records "interrupted".
+    Launched as several processes (parallel.initialize), process 0 holds the directory and
+    writes everything but the checkpoints; the others train beside it.
     """
     started = run_start_time()
     workdir = Path(workdir)
-    check_writable(workdir)
-    with RunLock(workdir):
-        record = RunRecord(workdir)
-        previous = read_summary(workdir) or {}
-        finished = previous.get("status") == "finished"
-        summary: dict[str, Any] = {"status": "running", "seed": int(cfg.seed), "name": cfg.name}
-        try:
-            validate(cfg)
-        except ConfigError as err:
-            if not finished:  # never overwrite a finished record with a typo's failure
-                _record_failure(record, summary, err, started, None)
-            raise
-        if not cfg.fresh:
-            check_same_settings(workdir, settings(cfg))
-        if finished and not cfg.fresh:
-            log.info("%s already finished; returning its summary (fresh=true runs it again)", workdir)
-            return previous
-        if cfg.fresh:
-            clear(workdir)
-            previous = {}
-        summary["wandb_id"] = previous.get("wandb_id")
-        record.write_summary(summary)
-        tracker: Optional[WandbRun] = None
-        try:
-            dataset = data.load(cfg.data)
-            check_compatible(cfg, dataset)
-            tracker = WandbRun(cfg.logger, workdir, config_dict or {}, name=workdir.name, group=group,
-                               run_id=summary["wandb_id"])
-            summary["wandb_id"] = tracker.id or summary["wandb_id"]
-            record.write_summary(summary)  # the id is kept from now on: a resume continues this W&B run
-            return _train(cfg, dataset, workdir, record, tracker, summary, started, progress, trained)
-        except BaseException as err:
-            _record_failure(record, summary, err, started, tracker)
-            raise
+    followers = _Followers()
+    if followers.several:
+        parallel.initialize()
+        if not parallel.is_primary():
+            with StopSignals() as signals:
+                return _follow(cfg, workdir, signals)
+    try:
+        check_writable(workdir)
+        with RunLock(workdir), StopSignals() as signals:
+            return _lead(cfg, workdir, config_dict, group, progress, started, signals, followers, trained)
+    finally:
+        followers.tell(STOP)  # a no-op once they were told what to do
 
 
-def _train(cfg, dataset: data.Dataset, workdir: Path, record: RunRecord, tracker: WandbRun, summary: dict,
-           started: float, progress: bool, trained=None) -> dict:
-    """Restore the last checkpoint (if any), train the remaining epochs, evaluate, record."""
+def _lead(cfg, workdir: Path, config_dict, group, progress: bool, started: float, signals: StopSignals,
+          followers: _Followers, trained=None) -> dict:
+    """The run as process 0 (or the only process) makes it, holding the directory's lock."""
+    record = RunRecord(workdir)
+    summary: dict[str, Any] = {"status": "running", "seed": int(cfg.seed), "name": cfg.name}
+    previous = read_previous_summary(workdir)
+    finished = previous.get("status") == "finished"
+    try:
+        validate(cfg)
+    except ConfigError as err:
+        if not finished:  # never overwrite a finished record with a typo's failure
+            _record_failure(record, summary, err, started, None)
+        raise
+    if not cfg.fresh:
+        check_same_settings(workdir, settings(cfg))
+    if finished and not cfg.fresh:
+        followers.tell(SKIP)
+        log.info("%s already finished; returning its summary (fresh=true runs it again)", workdir)
+        return previous
+    if previous.get("status") == "running":  # we hold the lock, so its process is gone
+        log.warning("%s: the last run here stopped without a word (killed, or its node lost) while its "
+                    "record said running; resuming it from its last checkpoint", workdir)
+    if cfg.fresh:
+        clear(workdir)
+        previous = {}
+    summary["wandb_id"] = previous.get("wandb_id")
+    record.write_summary(summary)
+    followers.tell(GO)
+    tracker: Optional[WandbRun] = None
+    try:
+        dataset = data.load(cfg.data)
+        check_compatible(cfg, dataset)
+        tracker = WandbRun(cfg.logger, workdir, config_dict or {}, name=workdir.name, group=group,
+                           run_id=summary["wandb_id"])
+        summary["wandb_id"] = tracker.id or summary["wandb_id"]
+        record.write_summary(summary)  # the id is kept from now on: a resume continues this W&B run
+        return _train(cfg, dataset, workdir, record, tracker, summary, started, progress, signals, trained)
+    except BaseException as err:
+        _record_failure(record, summary, err, started, tracker)
+        if isinstance(err, Interrupted):
+            signals.pass_on()  # under submitit: requeue the job (and exit)
+        raise
+
+
+# what process 0 tells the other processes of a run once it has looked at the run directory
+GO, SKIP, STOP = 0, 1, 2
+
+
+class _Followers:
+    """The other processes of a multi-process run, told once by process 0 whether to train."""
+
+    def __init__(self):
+        self.several = parallel.launched_as_several()
+        self.told = not self.several
+
+    def tell(self, code: int) -> None:
+        if not self.told:
+            self.told = True
+            parallel.from_primary(code)
+
+
+def _follow(cfg, workdir: Path, signals: StopSignals) -> dict:
+    """A process other than 0: wait for process 0's look at the directory, then train beside it."""
+    code = parallel.from_primary(GO)
+    if code == STOP:
+        raise ConfigError(f"process 0 stopped before training in {workdir}; its output says why")
+    if code == SKIP:
+        return read_summary(workdir) or {}
+    validate(cfg)
+    dataset = data.load(cfg.data)
+    check_compatible(cfg, dataset)
+    try:
+        return _train(cfg, dataset, workdir, None, None, {}, time.time(), False, signals)
+    except Interrupted:
+        signals.pass_on()
+        raise
+
+
+def _train(cfg, dataset, workdir: Path, record: Optional[RunRecord], tracker: Optional[WandbRun],
+           summary: dict, started: float, progress: bool, signals: StopSignals, trained=None) -> dict:
+    """Restore the last checkpoint (if any), train the remaining epochs, evaluate, record.
+
+    Without a record (a process other than 0) only the training and the checkpoints are done."""
+    import jax  # JAX and Orbax load only now, so that bad input fails in a second, before them
     import numpy as np
 
     from aeflax import checkpoint, evaluation, training
 
+    primary = record is not None
     mgr = checkpoint.manager(workdir)
     n_steps = training.steps_per_epoch(len(dataset.train), min(cfg.train.batch_size, len(dataset.train)))
     graphdef, state = training.init_state(cfg, dataset.image_shape, n_steps)
@@ -144,30 +268,42 @@ def _train(cfg, dataset: data.Dataset, workdir: Path, record: RunRecord, tracker
         state = checkpoint.restore(mgr, state, last)
         summary["resumed_from_epoch"] = last
         log.info("resuming %s from the checkpoint of epoch %d", workdir, last)
-    record.truncate_after(last or 0)  # points logged after the checkpoint are logged again
-    tracker.continue_from(read_metrics(workdir))  # offline: one W&B folder per run, resumed or not
-    write_json_atomic(workdir / SETTINGS, settings(cfg))  # from now on the directory holds this run
-    earlier = [p for p in read_metrics(workdir) if "epoch_seconds" in p]  # fit's points before the checkpoint
+    earlier = []
+    if primary:
+        record.truncate_after(last or 0)  # points logged after the checkpoint are logged again
+        tracker.continue_from(read_metrics(workdir))  # offline: one W&B folder per run, resumed or not
+        write_json_atomic(workdir / SETTINGS, settings(cfg))  # from now on the directory holds this run
+        earlier = [p for p in read_metrics(workdir) if "epoch_seconds" in p]  # fit's points before it
     summary["time/startup_seconds"] = time.time() - started
 
     # a member of a vmapped sweep group replays epochs trained already: only its last checkpoint
     # is worth the write (a crash during the replay, about a second, retrains that run alone)
     replaying = trained is not None and last is None
+    done = {"epoch": last or 0, "state": None}  # the last finished epoch, saved on a stop signal
 
     def on_epoch(epoch, metrics, state):
-        record.log(metrics)
-        tracker.log(metrics, step=epoch)
+        if primary:
+            record.log(metrics)
+            tracker.log(metrics, step=epoch)
         every = cfg.train.checkpoint_every
         due = epoch == cfg.train.epochs or (every and epoch % every == 0 and not replaying)
         if state is not None and due:
             checkpoint.save(mgr, epoch, state)
+        done.update(epoch=epoch, state=state)
 
-    if cfg.eval.figures:  # matplotlib (about 0.9 s) loads beside the training, not after it
+    if primary and cfg.eval.figures:  # matplotlib (about 0.9 s) loads beside the training, not after it
         threading.Thread(target=importlib.import_module, args=("aeflax.figures",), daemon=True).start()
     result = training.fit(cfg, dataset, state=state, graphdef=graphdef, on_epoch=on_epoch, progress=progress,
-                          trained=trained)
-    result.history = earlier + result.history  # every epoch, those before a resume included
+                          trained=trained, stop=signals.agreed)
+    if signals.stopped:
+        if done["state"] is not None and done["epoch"] not in mgr.all_steps():
+            checkpoint.save(mgr, done["epoch"], done["state"])
+        raise Interrupted(signals.name, done["epoch"], workdir)
     checkpoint.save_final(mgr, result.state)  # the kept state (the best epoch's after early stopping)
+    if not primary:
+        return {"status": "finished", "process": jax.process_index()}
+    result.state = parallel.local_copy(result.state)  # several processes: process 0 evaluates alone
+    result.history = earlier + result.history  # every epoch, those before a resume included
     final = dict(next(h for h in reversed(result.history) if h["epoch"] == int(result.state.epoch)))
     if dataset.val is not None:  # the held-out test set, once, at the end
         final.update(evaluation.test_metrics(cfg, result.graphdef, result.state, dataset.test))
@@ -194,7 +330,7 @@ def check_writable(workdir: Path) -> None:
         probe.write_text("")
         probe.unlink()
     except OSError as err:
-        raise ConfigError(f"output directory {workdir} is not writable ({err.strerror or err}); "
+        raise ConfigError(f"output directory {workdir} cannot be created or written ({err.strerror or err}); "
                           "choose another one (hydra.run.dir=... or hydra.sweep.dir=...)") from None
 
 
@@ -208,16 +344,35 @@ def clear(workdir: Path) -> None:
         (workdir / name).unlink(missing_ok=True)
 
 
+def read_previous_summary(workdir: Path) -> dict:
+    """The earlier run's summary.json ({} if none); a damaged one stops the run, touching nothing."""
+    path = workdir / SUMMARY
+    if not path.exists():
+        return {}
+    previous = read_summary(workdir)
+    if not isinstance(previous, dict):
+        raise ConfigError(f"{path} is damaged ({_damage(path)}); nothing was changed: move it away to resume "
+                          "the run from its checkpoints (under a new W&B run), or run again with fresh=true")
+    return previous
+
+
 def check_same_settings(workdir: Path, ours: dict) -> None:
     """A run directory holds one configuration: refuse to resume or skip a run of another.
 
     A field added since the run was recorded (a new part's) counts as its default there: new
     options are off by default, so adding a part does not orphan the run directories made before.
     """
-    try:
-        theirs = json.loads((workdir / SETTINGS).read_text())
-    except (OSError, ValueError):
+    path = workdir / SETTINGS
+    if not path.exists():
         return
+    try:
+        theirs = json.loads(path.read_text())
+        if not isinstance(theirs, dict):
+            raise ValueError(f"a JSON {type(theirs).__name__}, not an object")
+    except (OSError, ValueError) as err:
+        raise ConfigError(f"{path} is damaged ({type(err).__name__}: {str(err)[:100]}); nothing was changed: "
+                          "delete it to resume with this command's settings, or run again with fresh=true"
+                          ) from None
     theirs = {**{k: v for k, v in settings(Config()).items() if k not in theirs}, **theirs}
     changed = [f"{k}: {theirs.get(k)!r} -> {ours.get(k)!r}" for k in sorted(set(ours) | set(theirs))
                if ours.get(k) != theirs.get(k)]
@@ -229,11 +384,21 @@ def check_same_settings(workdir: Path, ours: dict) -> None:
 
 def _record_failure(record: RunRecord, summary: dict, err: BaseException, started: float,
                     tracker: Optional[WandbRun]) -> None:
-    summary.update(status="failed", error=_one_line(err), wall_seconds=time.time() - started)
+    status = "interrupted" if isinstance(err, (Interrupted, KeyboardInterrupt)) else "failed"
+    summary.update(status=status, error=_one_line(err), wall_seconds=time.time() - started)
     record.write_summary(summary)
     if tracker:
-        tracker.summary({"status": "failed", "error": summary["error"]})
+        tracker.summary({"status": status, "error": summary["error"]})
         tracker.finish(exit_code=1)
+
+
+def _damage(path: Path) -> str:
+    """What is wrong with a JSON file that cannot be read back, in a few words."""
+    try:
+        value = json.loads(path.read_bytes())
+        return f"a JSON {type(value).__name__}, not an object"
+    except (OSError, ValueError) as err:
+        return f"{type(err).__name__}: {str(err)[:100]}"
 
 
 def _one_line(err: BaseException) -> str:

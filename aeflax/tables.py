@@ -9,7 +9,6 @@ but never started (from its multirun.yaml) are counted in their cells.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from collections.abc import Sequence
@@ -20,7 +19,9 @@ import numpy as np
 import pandas as pd
 import yaml
 
+from aeflax import tracking
 from aeflax.flat import flatten
+from aeflax.tracking import RunLock
 
 HIGHER_IS_BETTER = ("psnr", "ssim", "accuracy", "auroc", "auc", "elbo", "usage")
 BASIC_SWEEPER = "hydra._internal.core_plugins.basic_sweeper.BasicSweeper"
@@ -57,18 +58,45 @@ def read_run(run_dir: Path) -> dict:
     hydra_dir = run_dir / ".hydra"
     record: dict = {}
     if (hydra_dir / "config.yaml").exists():
-        record.update(config_columns(yaml.safe_load((hydra_dir / "config.yaml").read_text()) or {}))
+        record.update(config_columns(_yaml(hydra_dir / "config.yaml", dict)))
     if (hydra_dir / "hydra.yaml").exists():
-        choices = yaml.safe_load((hydra_dir / "hydra.yaml").read_text())["hydra"]["runtime"]["choices"]
+        hydra = _yaml(hydra_dir / "hydra.yaml", dict)
+        choices = ((hydra.get("hydra") or {}).get("runtime") or {}).get("choices") or {}
         record.update({k: v for k, v in choices.items() if v is not None and not k.startswith("hydra/")})
     overrides = []
     if (hydra_dir / "overrides.yaml").exists():
-        overrides = yaml.safe_load((hydra_dir / "overrides.yaml").read_text()) or []
-    try:
-        summary = json.loads((run_dir / "summary.json").read_text())
-    except (OSError, json.JSONDecodeError):
-        summary = None
+        overrides = _yaml(hydra_dir / "overrides.yaml", list)
+    summary = read_summary(run_dir)
+    if (summary or {}).get("status") == "running" and RunLock.held(run_dir) is False:
+        summary["status"] = "stale"  # its process died without a word (kill -9, a lost node)
     return _record(record, summary, overrides, str(run_dir))
+
+
+def _yaml(path: Path, kind: type):
+    """A YAML file Hydra wrote (empty: an empty `kind`); a damaged one is one clear error."""
+    try:
+        value = yaml.safe_load(path.read_bytes()) or kind()
+        if not isinstance(value, kind):
+            raise ValueError(f"a {type(value).__name__}, not a {kind.__name__}")
+        return value
+    except (OSError, ValueError, yaml.YAMLError) as err:
+        raise TableError(f"{path} is damaged ({type(err).__name__}: {' '.join(str(err).split())[:100]}); "
+                         "repair or delete it (or leave its run directory out)") from None
+
+
+def read_summary(run_dir: Path) -> Optional[dict]:
+    """summary.json; None before a run starts; a damaged one becomes a failed run that names it."""
+    path = run_dir / "summary.json"
+    if not path.exists():
+        return None
+    summary = tracking.read_summary(run_dir)
+    return summary if summary is not None else {"status": "failed", "error": f"{path} is damaged"}
+
+
+def stale_warnings(runs: pd.DataFrame) -> list[str]:
+    """A line for each run whose record says running but whose process is gone."""
+    return [f"{run} says running but no process holds it (killed, or its node lost); not counted as running; "
+            "the same command resumes it" for run in runs.loc[runs["status"] == "stale", "run"]]
 
 
 def _record(config: dict, summary: Optional[dict], overrides: Sequence[str], run: str) -> dict:
@@ -254,7 +282,8 @@ def aggregate(runs: pd.DataFrame, keys: Sequence[str], metric: str) -> pd.DataFr
                      "std": float(values.std(ddof=1)) if len(values) > 1 else math.nan,
                      "n": len(values),
                      "failed": int((cell["status"] == "failed").sum()),
-                     "unfinished": int((~cell["status"].isin(["finished", "failed"])).sum()),
+                     "unfinished": int((~cell["status"].isin(["finished", "failed", "stale"])).sum()),
+                     "stale": int((cell["status"] == "stale").sum()),
                      "no_metric": int(len(done) - len(values)),
                      "missing": max(0, expected - len(cell)) if planned else 0})
     return pd.DataFrame(rows)
@@ -338,7 +367,7 @@ def build(runs: pd.DataFrame, rows: Sequence[str], cols: Sequence[str], metrics:
     return pd.concat([index, text], axis=1), bold, long.drop(columns=["_col", "_row"])
 
 
-NOTES = {"failed": "failed", "unfinished": "unfinished", "no_metric": "without the metric",
+NOTES = {"failed": "failed", "unfinished": "unfinished", "stale": "stale", "no_metric": "without the metric",
          "missing": "missing"}
 
 

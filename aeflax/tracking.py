@@ -16,6 +16,7 @@ import math
 import os
 import shutil
 import socket
+import time
 from pathlib import Path
 from typing import Any, Optional
 from urllib.parse import urlparse
@@ -58,24 +59,32 @@ def _clean(metrics: dict) -> dict:
 
 
 def read_summary(run_dir) -> Optional[dict]:
+    """summary.json, or None when it is missing or damaged (not a JSON object)."""
     path = Path(run_dir) / SUMMARY
     try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError):
+        summary = json.loads(path.read_bytes())
+    except (OSError, ValueError):
         return None
+    return summary if isinstance(summary, dict) else None
 
 
 def read_metrics(run_dir) -> list[dict]:
-    """The logged points; a line cut short by a kill (no newline, not JSON) is dropped."""
+    """The logged points; a line cut short by a kill (no newline, not JSON) is dropped, and any
+    other damaged line is named in a warning and dropped."""
     path = Path(run_dir) / METRICS
     if not path.exists():
         return []
     points = []
-    for line in path.read_text().splitlines():
+    lines = path.read_bytes().decode(errors="replace").splitlines()
+    for number, line in enumerate(lines, 1):
         try:
-            points.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue
+            point = json.loads(line)
+            if not isinstance(point, dict) or not isinstance(point.get("epoch", 0), int):
+                raise ValueError("not a metrics point")
+            points.append(point)
+        except ValueError:
+            if number < len(lines):  # the last line may be one cut short by a kill: expected
+                log.warning("%s: line %d is damaged and left out (%.60r)", path, number, line)
     return points
 
 
@@ -83,17 +92,39 @@ class RunLock:
     """An exclusive fcntl lock on `<run_dir>/.lock`: one process per run directory.
 
     The kernel drops the lock when its process dies (even by kill -9), so a stale lock
-    file never blocks a resume.
+    file never blocks a resume, and `held` tells a live run from a dead one.
     """
 
     def __init__(self, run_dir):
         self.path = Path(run_dir) / LOCK
         self.fd: Optional[int] = None
 
+    @staticmethod
+    def held(run_dir) -> Optional[bool]:
+        """Whether a live process holds the run directory; None when it has no lock file."""
+        try:
+            fd = os.open(Path(run_dir) / LOCK, os.O_RDONLY)
+        except OSError:
+            return None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)  # taken for an instant, never blocking a run
+            return False
+        except BlockingIOError:
+            return True
+        finally:
+            os.close(fd)
+
     def __enter__(self) -> RunLock:
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            for attempt in range(20):  # `held` (a table being made) takes the lock for an instant
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if attempt == 19:
+                        raise
+                    time.sleep(0.01)
         except BlockingIOError:
             holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
             os.close(fd)

@@ -261,7 +261,8 @@ class FitResult:
 
 def fit(cfg, dataset, *, state: Optional[TrainState] = None, graphdef=None,
         on_epoch: Optional[Callable[[int, Metrics, Optional[TrainState]], None]] = None,
-        progress: bool = True, trained: Optional[Trained] = None) -> FitResult:
+        progress: bool = True, trained: Optional[Trained] = None,
+        stop: Optional[Callable[[], bool]] = None) -> FitResult:
     """Train for cfg.train.epochs (continuing from `state` if given), evaluating each epoch.
 
     `on_epoch(epoch, metrics, state)` is called after every epoch (logging, checkpoints).
@@ -269,6 +270,7 @@ def fit(cfg, dataset, *, state: Optional[TrainState] = None, graphdef=None,
     not improved for that many epochs and the result holds the best epoch's state.
     `trained`: this run's result from a vmapped sweep group (vmap_sweep.train_group); a run
     that starts fresh replays it instead of training (a resumed one trains on by itself).
+    `stop()`, asked before each epoch, ends training early when true (a signal: aeflax.run).
     Raises NonFiniteLoss when a training or evaluation metric is not finite.
     """
     if trained is not None and (state is None or int(state.epoch) == 0):
@@ -291,6 +293,8 @@ def fit(cfg, dataset, *, state: Optional[TrainState] = None, graphdef=None,
     stopper = EarlyStopping(cfg.train.early_stopping_patience, f"{eval_name}/loss", start)
     bar = _progress(range(start, cfg.train.epochs), progress, initial=start, total=cfg.train.epochs)
     for epoch in bar:
+        if stop is not None and stop():
+            break
         t0 = time.perf_counter()
         state, train_metrics = train_epoch(state, train_images, hp)
         metrics = {k: float(v) for k, v in {**train_metrics, **evaluate(state, eval_images, hp)}.items()}

@@ -1,7 +1,9 @@
 """Hydra callbacks: checks that must run before Hydra creates the output directory.
 
-Hydra makes the run (or sweep) directory before calling the task, so an unwritable one
-would end in Hydra's own traceback; this turns it into one line and exit code 1.
+Hydra makes the run (or sweep) directory before calling the task, so one that cannot be
+made would end in Hydra's own traceback; this makes it first and turns any failure (a file
+in the way, no permission, a read-only or virtual file system such as /proc) into one line
+and exit code 1.
 """
 
 from __future__ import annotations
@@ -24,20 +26,25 @@ class CheckOutputDir(Callback):
 
 
 def unwritable(path: Path) -> Optional[str]:
-    """Why `path` cannot be created and written into, or None; creates nothing."""
+    """Why `path` cannot be created and written into, or None (then it exists)."""
     for parent in (path, *path.parents):
         if parent.exists():
             if not parent.is_dir():
                 return f"{parent} is not a directory"
-            if not os.access(parent, os.W_OK | os.X_OK):
-                return f"{parent} is not writable"
-            return None
+            break
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / f".write-test-{os.getpid()}"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as err:
+        return err.strerror or str(err)
     return None
 
 
 def _exit_if_unwritable(path: Path, key: str) -> None:
     problem = unwritable(path.absolute())
     if problem:
-        print(f"error: output directory {path} is not writable ({problem}); choose another one "
+        print(f"error: output directory {path} cannot be created or written ({problem}); choose another one "
               f"({key}=...)", file=sys.stderr)
         sys.exit(1)

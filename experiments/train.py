@@ -34,7 +34,7 @@ from experiments.schema import register  # noqa: E402
 
 register()
 
-USER_ERRORS = ("ConfigError", "DataError", "CheckpointError", "NonFiniteLoss", "RunLocked")
+USER_ERRORS = ("ConfigError", "DataError", "CheckpointError", "NonFiniteLoss", "RunLocked", "Interrupted")
 GROUP_FILE = "wandb_group.txt"
 
 
@@ -89,9 +89,11 @@ def main(cfg: DictConfig, trained=None):
         if type(err).__name__ not in USER_ERRORS:
             raise
         print(f"error: {err}", file=sys.stderr)
-        if multirun:
+        if multirun and type(err).__name__ != "Interrupted":  # a stop signal stops the sweep too
             return None
-        sys.exit(1)
+        sys.exit(getattr(err, "exit_code", 1))
+    if "process" in summary:  # another process of a multi-process run: process 0 reports
+        return None
     shown = {k: summary.get(k) for k in dict.fromkeys([cfg.objective, "test/mse"])}
     print(f"{hc.runtime.output_dir}: " + ", ".join(f"{k} = {_fmt(v)}" for k, v in shown.items())
           + f", wall {summary.get('wall_seconds', 0):.1f} s")

@@ -58,7 +58,7 @@ def make(args: argparse.Namespace) -> str:
         [k for k in tables.swept_keys(runs) if k != "seed" and k not in cols]
     warnings = tables.check_metrics(runs, args.metric)
     table, bold, long = tables.build(runs, rows, cols, args.metric, goal=args.goal, digits=args.digits)
-    for warning in warnings + tables.pooled(runs, rows + cols):
+    for warning in warnings + tables.pooled(runs, rows + cols) + tables.stale_warnings(runs):
         print(f"warning: {warning}", file=sys.stderr)
     if args.log_wandb:
         folder = tables.log_to_wandb(args.sweeps[0], runs, _unique(rows + cols + tables.swept_keys(runs)),

@@ -37,6 +37,8 @@ CASES = [
     ("shape the model cannot take", ["model=conv", "model.conv.channels=[16,8,4]"],
      "needs height and width divisible by 8, but fashion_mnist images are 28x28x1"),
     ("unwritable output", [output_under_a_file], "a_file is not a directory); choose another one"),
+    ("output that cannot be made", ["hydra.run.dir=/proc/aeflax/run"],
+     "output directory /proc/aeflax/run cannot be created or written (No such file or directory)"),
 ]
 
 
