@@ -18,18 +18,13 @@ import sys
 import time
 from pathlib import Path
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-ROOT = str(Path(__file__).resolve().parent.parent)
-sys.path.insert(0, ROOT)
-# launcher workers (submitit, joblib) unpickle `experiments.*` objects: they need the root too
-os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (ROOT, os.environ.get("PYTHONPATH")) if p)
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from omegaconf import DictConfig, OmegaConf
 
-import hydra  # noqa: E402
-from hydra.core.hydra_config import HydraConfig  # noqa: E402
-from hydra.types import RunMode  # noqa: E402
-from omegaconf import DictConfig, OmegaConf  # noqa: E402
-
-from experiments.schema import register  # noqa: E402
+from aeflax import runtime
+from experiments.schema import register
 
 register()
 
@@ -71,7 +66,8 @@ def wandb_identity(cfg: DictConfig, hc) -> tuple[str | None, list[str], dict]:
 
 
 @hydra.main(config_path="../conf", config_name="config", version_base="1.3")
-def main(cfg: DictConfig):
+def main(cfg: DictConfig) -> float | None:
+    runtime.configure()  # here, not at import: a launcher's worker process runs only the task
     from aeflax.run import train_and_evaluate
 
     hc = HydraConfig.get()

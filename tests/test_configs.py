@@ -44,3 +44,16 @@ def test_group_option_composes(group, option):
 def test_experiment_composes_and_validates(name):
     cfg = _compose([f"experiment={name}"])
     validate(cfg)  # an experiment file must be a valid combination
+
+
+@pytest.mark.parametrize("name", _options("variant"))
+def test_variant_composes_validates_and_is_also_an_experiment(name):
+    cfg = _compose([f"variant={name}"])
+    validate(cfg)  # a variant file must be a valid combination
+    assert cfg.name == name
+    assert _compose([f"experiment={name}"]) == cfg  # the old spelling: the same config
+
+
+def test_a_name_is_a_variant_or_an_experiment_not_both():
+    assert _options("variant") and _options("experiment")
+    assert not set(_options("variant")) & set(_options("experiment"))

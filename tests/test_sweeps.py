@@ -194,14 +194,19 @@ def _compose_all(jobs):
         yield from (compose(config_name="config", overrides=job) for job in jobs)
 
 
-SWEEP_FILES = sorted(p.stem for p in (ROOT / "conf" / "experiment").glob("*.yaml")
-                     if p.stem.startswith("sweep_") or p.stem == "variants")
+EXPERIMENTS = {p.stem: yaml.safe_load(p.read_text())
+               for p in sorted((ROOT / "conf" / "experiment").glob("*.yaml"))}
+# every experiment file that is a multirun: the sweeps, the multirun reproductions, anomaly_sweep
+MULTIRUN_FILES = [name for name, body in EXPERIMENTS.items()
+                  if (body.get("hydra") or {}).get("mode") == "MULTIRUN"]
+SWEEP_FILES = [name for name in MULTIRUN_FILES if name.startswith("sweep_") or name == "variants"]
 
 
-@pytest.mark.parametrize("name", SWEEP_FILES)
-def test_every_job_of_a_sweep_file_composes_and_validates(name):
+@pytest.mark.parametrize("name", MULTIRUN_FILES)
+def test_every_job_of_a_multirun_file_composes_and_validates(name):
     params = _compose([f"experiment={name}"], hydra=True).hydra.sweeper.params
-    assert "seed" in params and len(str(params.seed).split(",")) == 3  # every sweep: 3 seeds
+    if name in SWEEP_FILES:
+        assert "seed" in params and len(str(params.seed).split(",")) == 3  # every sweep: 3 seeds
     axes = []
     for key, values in params.items():
         if key != "seed":
