@@ -17,7 +17,8 @@ data and the same config, so the replicated inputs are identical everywhere, as
 from __future__ import annotations
 
 import os
-from typing import Optional
+from collections.abc import Sequence
+from typing import Any, Optional
 
 import jax
 import numpy as np
@@ -26,7 +27,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 AXIS = "data"
 
 
-def data_mesh(batch_size: int, devices=None) -> Optional[Mesh]:
+def data_mesh(batch_size: int, devices: Optional[Sequence[jax.Device]] = None) -> Optional[Mesh]:
     """A 1-D mesh over the devices, or None when one device (or an uneven split) is all there is."""
     devices = list(jax.devices() if devices is None else devices)
     if len(devices) < 2 or batch_size % len(devices):
@@ -43,7 +44,7 @@ def batched(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, PartitionSpec(AXIS))
 
 
-def replicate(tree, mesh: Optional[Mesh]):
+def replicate(tree: Any, mesh: Optional[Mesh]) -> Any:
     return jax.device_put(tree) if mesh is None else jax.device_put(tree, replicated(mesh))
 
 

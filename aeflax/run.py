@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from aeflax import data
-from aeflax.config import ConfigError, validate
+from aeflax.config import Config, ConfigError, validate
 from aeflax.tracking import (
     METRICS,
     SUMMARY,
@@ -64,7 +64,7 @@ def process_start_time() -> float:
         return time.time()
 
 
-def check_compatible(cfg, dataset: data.Dataset) -> None:
+def check_compatible(cfg: Config, dataset: data.Dataset) -> None:
     """Fail early, with the fix, when the model cannot take the dataset's images."""
     h, w, c = dataset.image_shape
     if cfg.model.architecture == "conv":
@@ -79,8 +79,8 @@ def check_compatible(cfg, dataset: data.Dataset) -> None:
                           f"{c} channels")
 
 
-def train_and_evaluate(cfg, workdir, *, config_dict: Optional[dict] = None, group: Optional[str] = None,
-                       progress: bool = True) -> dict:
+def train_and_evaluate(cfg: Config, workdir: str | Path, *, config_dict: Optional[dict] = None,
+                       group: Optional[str] = None, progress: bool = True) -> dict:
     """Train and evaluate one configuration; return the summary written to summary.json.
 
     A finished run in `workdir` is returned as it is (unless cfg.fresh); an unfinished one
@@ -208,7 +208,7 @@ def clear(workdir: Path) -> None:
         (workdir / name).unlink(missing_ok=True)
 
 
-def settings(cfg) -> dict:
+def settings(cfg: Config) -> dict:
     """The options that decide a run's numbers, flat: {"train.epochs": 10, ...}."""
     from omegaconf import OmegaConf
 

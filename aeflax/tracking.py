@@ -16,8 +16,11 @@ import math
 import os
 import socket
 from pathlib import Path
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 from urllib.parse import urlparse
+
+if TYPE_CHECKING:
+    from aeflax.config import LoggerConfig
 
 SUMMARY = "summary.json"
 METRICS = "metrics.jsonl"
@@ -56,7 +59,7 @@ def _clean(metrics: dict) -> dict:
     return out
 
 
-def read_summary(run_dir) -> Optional[dict]:
+def read_summary(run_dir: str | Path) -> Optional[dict]:
     path = Path(run_dir) / SUMMARY
     try:
         return json.loads(path.read_text())
@@ -64,7 +67,7 @@ def read_summary(run_dir) -> Optional[dict]:
         return None
 
 
-def read_metrics(run_dir) -> list[dict]:
+def read_metrics(run_dir: str | Path) -> list[dict]:
     """The logged points; a line cut short by a kill (no newline, not JSON) is dropped."""
     path = Path(run_dir) / METRICS
     if not path.exists():
@@ -85,7 +88,7 @@ class RunLock:
     file never blocks a resume.
     """
 
-    def __init__(self, run_dir):
+    def __init__(self, run_dir: str | Path):
         self.path = Path(run_dir) / LOCK
         self.fd: Optional[int] = None
 
@@ -112,7 +115,7 @@ class RunLock:
 class RunRecord:
     """summary.json + metrics.jsonl in a run directory."""
 
-    def __init__(self, run_dir):
+    def __init__(self, run_dir: str | Path):
         self.run_dir = Path(run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.metrics_path = self.run_dir / METRICS
@@ -153,8 +156,8 @@ class WandbRun:
     `run_id` (kept in summary.json) resumes the same W&B run after a crash, offline too.
     """
 
-    def __init__(self, logger_cfg, run_dir, config: dict, name: str, group: Optional[str],
-                 run_id: Optional[str] = None):
+    def __init__(self, logger_cfg: LoggerConfig, run_dir: str | Path, config: dict, name: str,
+                 group: Optional[str], run_id: Optional[str] = None):
         self.run = None
         if logger_cfg.mode == "disabled":
             return
@@ -191,7 +194,7 @@ class WandbRun:
     def log(self, metrics: dict, step: Optional[int] = None) -> None:
         self._call(lambda: self.run.log(metrics, step=step))
 
-    def log_image(self, key: str, path, step: Optional[int] = None) -> None:
+    def log_image(self, key: str, path: str | Path, step: Optional[int] = None) -> None:
         def log_one():
             import wandb
 
