@@ -22,7 +22,7 @@ train: $(VENV)/.installed  ## the default training run; pass Hydra overrides as 
 test: $(VENV)/.installed  ## the whole test suite, as CI runs it: no network, no GPU
 	$(PY) -m pytest -q $(ARGS)
 
-test-fast: $(VENV)/.installed  ## the tests not marked slow (no multiruns, kills, bench): under a minute
+test-fast: $(VENV)/.installed  ## the tests not marked slow (no subprocess runs, kills, bench): under a minute
 	$(PY) -m pytest -q -m "not slow" $(ARGS)
 
 lint: $(VENV)/.installed  ## ruff, as CI runs it
