@@ -13,11 +13,14 @@ A run directory holds Hydra's resolved config (.hydra/config.yaml) and Orbax che
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Optional
 
 import jax
 import numpy as np
+from flax import nnx
+from numpy.typing import ArrayLike
 from omegaconf import OmegaConf
 
 from aeflax import checkpoint, evaluation, parts, training
@@ -30,7 +33,15 @@ IMAGE_SHAPES = {"mnist": (28, 28, 1), "fashion_mnist": (28, 28, 1), "kmnist": (2
                 "cifar10": (32, 32, 3), "svhn_cropped": (32, 32, 3)}
 
 
-def load_config(run_dir, overrides=()):
+def seed_config(*overrides: str) -> Config:
+    """The seed config (Config's defaults, what `experiments/train.py` composes with no
+    overrides) with `key=value` overrides, without Hydra: for scripts, notebooks and tests."""
+    cfg = OmegaConf.structured(Config)
+    cfg.merge_with_dotlist(list(overrides))
+    return cfg
+
+
+def load_config(run_dir: str | Path, overrides: Sequence[str] = ()) -> Config:
     """The run's resolved config as a typed OmegaConf node, with `key=value` overrides applied."""
     path = Path(run_dir) / CONFIG
     if not path.exists():
@@ -41,7 +52,7 @@ def load_config(run_dir, overrides=()):
     return cfg
 
 
-def image_shape(cfg) -> tuple[int, int, int]:
+def image_shape(cfg: Config) -> tuple[int, int, int]:
     """The dataset's image shape: known by name, else read from the dataset itself."""
     if cfg.data.name in IMAGE_SHAPES:
         return IMAGE_SHAPES[cfg.data.name]
@@ -50,7 +61,8 @@ def image_shape(cfg) -> tuple[int, int, int]:
     return data.load(cfg.data).image_shape
 
 
-def restore(cfg, run_dir, shape, epoch: Optional[int] = None):
+def restore(cfg: Config, run_dir: str | Path, shape: Sequence[int],
+            epoch: Optional[int] = None) -> tuple[nnx.GraphDef, training.TrainState]:
     """(graphdef, TrainState) restored from the run's checkpoint (the latest unless `epoch`)."""
     if not (Path(run_dir) / checkpoint.DIRNAME).is_dir():
         raise checkpoint.CheckpointError(f"{run_dir} has no {checkpoint.DIRNAME}/: nothing to load")
@@ -61,7 +73,8 @@ def restore(cfg, run_dir, shape, epoch: Optional[int] = None):
 class Run:
     """A trained autoencoder with its config; every method takes and returns numpy arrays."""
 
-    def __init__(self, run_dir, cfg, graphdef, state, shape, batch_size: int = 1000):
+    def __init__(self, run_dir: str | Path, cfg: Config, graphdef: nnx.GraphDef, state: training.TrainState,
+                 shape: Sequence[int], batch_size: int = 1000):
         self.run_dir, self.cfg, self.graphdef, self.state = Path(run_dir), cfg, graphdef, state
         self.image_shape = tuple(shape)
         self.batch_size = batch_size
@@ -80,7 +93,7 @@ class Run:
     def epoch(self) -> int:
         return int(self.state.epoch)
 
-    def images(self, images) -> np.ndarray:
+    def images(self, images: ArrayLike) -> np.ndarray:
         """Float [N, H, W, C] in [0, 1] from uint8 or float images, [N, H, W] or flat [N, H*W*C]."""
         x = np.asarray(images)
         x = x.astype(np.float32) / 255.0 if x.dtype == np.uint8 else x.astype(np.float32)
@@ -90,19 +103,19 @@ class Run:
             raise ValueError(f"images of shape {x.shape[1:]} do not fit the model's {self.image_shape}")
         return x
 
-    def encode(self, images) -> np.ndarray:
+    def encode(self, images: ArrayLike) -> np.ndarray:
         """The codes (the posterior mean for VAEs, the quantized vectors for VQ)."""
         return self._map(self._encode, self.images(images))["code"]
 
-    def decode(self, codes) -> np.ndarray:
+    def decode(self, codes: ArrayLike) -> np.ndarray:
         """Images in [0, 1] decoded from codes."""
         return self._map(self._decode, np.asarray(codes, np.float32))["image"]
 
-    def reconstruct(self, images) -> np.ndarray:
+    def reconstruct(self, images: ArrayLike) -> np.ndarray:
         """decode(encode(images)), in one compiled pass."""
         return self._map(self._recon, self.images(images))["image"]
 
-    def sample(self, n: int, seed: int = 0, like=None) -> np.ndarray:
+    def sample(self, n: int, seed: int = 0, like: Optional[ArrayLike] = None) -> np.ndarray:
         """n generated images: from the prior for the VAE family; for other models from a
         diagonal Gaussian fit to the codes of the images `like` (which must then be given)."""
         if not parts.bottleneck_of(self.cfg).posterior and like is None:
@@ -111,7 +124,7 @@ class Run:
         codes = None if like is None else self.encode(like)
         return self.decode(np.asarray(evaluation.sample_codes(self.cfg, codes, jax.random.key(seed), n)))
 
-    def _map(self, f, x) -> dict:
+    def _map(self, f: Callable, x: np.ndarray) -> dict[str, np.ndarray]:
         return evaluation.map_batches(f, (x,), self.batch_size)
 
     def __repr__(self) -> str:
@@ -121,7 +134,7 @@ class Run:
                 f"{math.prod(self.image_shape)} pixels)")
 
 
-def load_run(run_dir, epoch: Optional[int] = None, overrides=()) -> Run:
+def load_run(run_dir: str | Path, epoch: Optional[int] = None, overrides: Sequence[str] = ()) -> Run:
     """Load a trained run directory (config + checkpoint): the latest checkpoint unless `epoch`."""
     cfg = load_config(run_dir, overrides)
     shape = image_shape(cfg)
@@ -129,4 +142,4 @@ def load_run(run_dir, epoch: Optional[int] = None, overrides=()) -> Run:
     return Run(run_dir, cfg, graphdef, state, shape)
 
 
-__all__ = ["Run", "load_config", "load_run"]
+__all__ = ["Run", "load_config", "load_run", "seed_config"]

@@ -18,10 +18,13 @@ import json
 import logging
 import os
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 import jax
 import orbax.checkpoint as ocp
+
+if TYPE_CHECKING:
+    from aeflax.training import TrainState
 
 DIRNAME = "checkpoints"
 DIGESTS = "checkpoint_digests.json"  # beside checkpoints/: {epoch: sha256 of its files}
@@ -34,7 +37,7 @@ class CheckpointError(RuntimeError):
 FRESH_HINT = "run again with fresh=true to start over (this deletes the run's checkpoints)"
 
 
-def manager(run_dir, max_to_keep: int = 2) -> ocp.CheckpointManager:
+def manager(run_dir: str | Path, max_to_keep: int = 2) -> ocp.CheckpointManager:
     path = (Path(run_dir) / DIRNAME).absolute()
     if path.exists() and not path.is_dir():
         raise CheckpointError(f"{path} is not a directory; {FRESH_HINT}")
@@ -49,7 +52,7 @@ def manager(run_dir, max_to_keep: int = 2) -> ocp.CheckpointManager:
     return mgr
 
 
-def save(mgr: ocp.CheckpointManager, epoch: int, state) -> None:
+def save(mgr: ocp.CheckpointManager, epoch: int, state: TrainState) -> None:
     mgr.save(epoch, args=ocp.args.StandardSave(state))
     mgr.wait_until_finished()
     if jax.process_index() != 0:
@@ -63,7 +66,7 @@ def save(mgr: ocp.CheckpointManager, epoch: int, state) -> None:
     os.replace(tmp, path)
 
 
-def save_final(mgr: ocp.CheckpointManager, state) -> None:
+def save_final(mgr: ocp.CheckpointManager, state: TrainState) -> None:
     """Make `state` the run's last checkpoint. After early stopping the kept state is an earlier
     epoch's: later checkpoints are deleted so that restoring (resume, load_run, evaluate.py)
     gives the model the run reports."""
@@ -84,7 +87,7 @@ def latest_epoch(mgr: ocp.CheckpointManager) -> Optional[int]:
         absl.setLevel(level)
 
 
-def restore(mgr: ocp.CheckpointManager, target, epoch: Optional[int] = None):
+def restore(mgr: ocp.CheckpointManager, target: TrainState, epoch: Optional[int] = None) -> TrainState:
     """Restore into the structure of `target` (a freshly initialized TrainState)."""
     epoch = mgr.latest_step() if epoch is None else epoch
     if epoch is None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import matplotlib
@@ -11,7 +12,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 
-def _save(fig, path) -> Path:
+def _save(fig: plt.Figure, path: str | Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()
@@ -20,7 +21,7 @@ def _save(fig, path) -> Path:
     return path
 
 
-def image_rows(rows: list[tuple[str, np.ndarray]], path, title: str = "") -> Path:
+def image_rows(rows: list[tuple[str, np.ndarray]], path: str | Path, title: str = "") -> Path:
     """A grid: one labelled row per (label, images [N, H, W, C] in [0, 1]), drawn as one mosaic."""
     n = max(len(images) for _, images in rows)
     h, w, c = np.asarray(rows[0][1]).shape[1:]
@@ -42,7 +43,7 @@ def image_rows(rows: list[tuple[str, np.ndarray]], path, title: str = "") -> Pat
     return _save(fig, path)
 
 
-def image_grid(images: np.ndarray, path, title: str = "", cols: int = 8) -> Path:
+def image_grid(images: np.ndarray, path: str | Path, title: str = "", cols: int = 8) -> Path:
     """Images [N, H, W, C] in [0, 1] in rows of `cols` (generated samples)."""
     rows = [("", images[i:i + cols]) for i in range(0, len(images), cols)]
     return image_rows(rows, path, title)
@@ -60,7 +61,7 @@ def pca_2d(codes: np.ndarray) -> np.ndarray:
     return centred @ vt[:2].T
 
 
-def code_map(codes: np.ndarray, labels: np.ndarray, class_names, path) -> Path:
+def code_map(codes: np.ndarray, labels: np.ndarray, class_names: Sequence[str], path: str | Path) -> Path:
     """Codes [N, D] in 2-D coloured by label: the codes themselves when D = 2, else their PCA."""
     if codes.shape[1] == 2:
         xy, axis = codes, ("z1", "z2")
@@ -79,7 +80,7 @@ def code_map(codes: np.ndarray, labels: np.ndarray, class_names, path) -> Path:
     return _save(fig, path)
 
 
-def bars(values: np.ndarray, path, xlabel: str, ylabel: str) -> Path:
+def bars(values: np.ndarray, path: str | Path, xlabel: str, ylabel: str) -> Path:
     """One bar per entry (e.g. KL per latent dimension)."""
     fig, ax = plt.subplots(figsize=(max(4.0, 0.18 * len(values)), 3))
     ax.bar(np.arange(len(values)), values)
@@ -88,7 +89,7 @@ def bars(values: np.ndarray, path, xlabel: str, ylabel: str) -> Path:
     return _save(fig, path)
 
 
-def score_histogram(scores: np.ndarray, is_anomaly: np.ndarray, path, title: str) -> Path:
+def score_histogram(scores: np.ndarray, is_anomaly: np.ndarray, path: str | Path, title: str) -> Path:
     """Anomaly scores of normal and anomalous test images, overlaid."""
     fig, ax = plt.subplots(figsize=(6, 3.5))
     bins = np.histogram_bin_edges(scores, bins=50)

@@ -18,17 +18,19 @@ Only process 0 writes the run record (aeflax.run). See docs/scale.md.
 from __future__ import annotations
 
 import os
-from typing import TYPE_CHECKING, Optional
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, Optional
 
 import numpy as np
 
 if TYPE_CHECKING:
+    import jax
     from jax.sharding import Mesh, NamedSharding
 
 AXIS = "data"  # JAX is imported by each function: aeflax.run asks launched_as_several() before it
 
 
-def data_mesh(batch_size: int, devices=None) -> Optional[Mesh]:
+def data_mesh(batch_size: int, devices: Optional[Sequence[jax.Device]] = None) -> Optional[Mesh]:
     """A 1-D mesh over the devices, or None when one device (or an uneven split) is all there is."""
     import jax
     from jax.sharding import Mesh
@@ -52,7 +54,7 @@ def batched(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, PartitionSpec(AXIS))
 
 
-def replicate(tree, mesh: Optional[Mesh]):
+def replicate(tree: Any, mesh: Optional[Mesh]) -> Any:
     import jax
 
     if mesh is None:

@@ -124,7 +124,7 @@ class StopSignals:
             handler(self.signum, None)
 
 
-def check_compatible(cfg, dataset: data.Dataset) -> None:
+def check_compatible(cfg: Config, dataset: data.Dataset) -> None:
     """Fail early, with the fix, when the model cannot take the dataset's images."""
     h, w, c = dataset.image_shape
     if cfg.model.architecture == "conv":
@@ -139,8 +139,8 @@ def check_compatible(cfg, dataset: data.Dataset) -> None:
                           f"{c} channels")
 
 
-def train_and_evaluate(cfg, workdir, *, config_dict: Optional[dict] = None, group: Optional[str] = None,
-                       progress: bool = True, trained=None) -> dict:
+def train_and_evaluate(cfg: Config, workdir: str | Path, *, config_dict: Optional[dict] = None,
+                       group: Optional[str] = None, progress: bool = True, trained=None) -> dict:
     """Train and evaluate one configuration; return the summary written to summary.json.
 
     A finished run in `workdir` is returned as it is (unless cfg.fresh); an unfinished one

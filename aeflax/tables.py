@@ -13,7 +13,7 @@ import math
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import numpy as np
 import pandas as pd
@@ -44,7 +44,7 @@ def override_key(override: str) -> str:
     return override.split("=", 1)[0].lstrip("+~").split("@", 1)[0]
 
 
-def find_runs(root) -> list[Path]:
+def find_runs(root: str | Path) -> list[Path]:
     """Run directories under `root` (itself included): those with .hydra/config.yaml or summary.json."""
     root = Path(root)
     found = {p.parent.parent for p in root.rglob(".hydra/config.yaml")}
@@ -52,7 +52,7 @@ def find_runs(root) -> list[Path]:
     return sorted(found)
 
 
-def read_run(run_dir: Path) -> dict:
+def read_run(run_dir: str | Path) -> dict:
     """One run as a flat record: config keys, group choices, status, metrics (slash names)."""
     run_dir = Path(run_dir)
     hydra_dir = run_dir / ".hydra"
@@ -111,7 +111,7 @@ def _is_number(value) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
-def planned_values(sweep_dir) -> dict[str, list]:
+def planned_values(sweep_dir: str | Path) -> dict[str, list]:
     """The values each swept key takes in a basic-sweeper multirun (its multirun.yaml)."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.core.override_parser.types import Transformer
@@ -134,7 +134,7 @@ def planned_values(sweep_dir) -> dict[str, list]:
     return planned
 
 
-def load_runs(paths: Sequence) -> pd.DataFrame:
+def load_runs(paths: Sequence[str | Path]) -> pd.DataFrame:
     """Every run under the given directories, one row each; `attrs["planned"]` holds the sweeps' grids."""
     runs, planned = [], {}
     for path in map(Path, paths):
@@ -151,7 +151,7 @@ def load_runs(paths: Sequence) -> pd.DataFrame:
     return frame
 
 
-def load_wandb_runs(path: str, group: Optional[str] = None, api=None) -> pd.DataFrame:
+def load_wandb_runs(path: str, group: Optional[str] = None, api: Optional[Any] = None) -> pd.DataFrame:
     """The runs of a W&B project `entity/project` (optionally one group), as load_runs gives them."""
     try:
         if api is None:
@@ -178,7 +178,8 @@ def load_wandb_runs(path: str, group: Optional[str] = None, api=None) -> pd.Data
     return frame
 
 
-def load(sweeps: Sequence, wandb: Optional[str] = None, group: Optional[str] = None) -> pd.DataFrame:
+def load(sweeps: Sequence[str | Path], wandb: Optional[str] = None,
+         group: Optional[str] = None) -> pd.DataFrame:
     """The runs a command line names: W&B project `wandb` (and `group`), else the sweep directories."""
     if wandb:
         return load_wandb_runs(wandb, group=group)
@@ -380,7 +381,8 @@ def _cell(r, digits: int) -> str:
     return f"{value} ({'; '.join([str(r['n'])] + notes)})"
 
 
-def caption(rows, cols, metrics, goal=None) -> str:
+def caption(rows: Sequence[str], cols: Sequence[str], metrics: Sequence[str],
+            goal: Optional[str] = None) -> str:
     parts = []
     for m in metrics:
         better = "higher" if (goal == "max" if goal else higher_is_better(m)) else "lower"

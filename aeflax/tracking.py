@@ -18,8 +18,11 @@ import shutil
 import socket
 import time
 from pathlib import Path
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 from urllib.parse import urlparse
+
+if TYPE_CHECKING:
+    from aeflax.config import LoggerConfig
 
 SUMMARY = "summary.json"
 METRICS = "metrics.jsonl"
@@ -58,7 +61,7 @@ def _clean(metrics: dict) -> dict:
     return out
 
 
-def read_summary(run_dir) -> Optional[dict]:
+def read_summary(run_dir: str | Path) -> Optional[dict]:
     """summary.json, or None when it is missing or damaged (not a JSON object)."""
     path = Path(run_dir) / SUMMARY
     try:
@@ -68,7 +71,7 @@ def read_summary(run_dir) -> Optional[dict]:
     return summary if isinstance(summary, dict) else None
 
 
-def read_metrics(run_dir) -> list[dict]:
+def read_metrics(run_dir: str | Path) -> list[dict]:
     """The logged points; a line cut short by a kill (no newline, not JSON) is dropped, and any
     other damaged line is named in a warning and dropped."""
     path = Path(run_dir) / METRICS
@@ -95,7 +98,7 @@ class RunLock:
     file never blocks a resume, and `held` tells a live run from a dead one.
     """
 
-    def __init__(self, run_dir):
+    def __init__(self, run_dir: str | Path):
         self.path = Path(run_dir) / LOCK
         self.fd: Optional[int] = None
 
@@ -144,7 +147,7 @@ class RunLock:
 class RunRecord:
     """summary.json + metrics.jsonl in a run directory."""
 
-    def __init__(self, run_dir):
+    def __init__(self, run_dir: str | Path):
         self.run_dir = Path(run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.metrics_path = self.run_dir / METRICS
@@ -191,8 +194,8 @@ class WandbRun:
     # per-epoch losses whose minimum W&B keeps in the summary while training (define_metric)
     BEST = ("val/loss", "test/loss")
 
-    def __init__(self, logger_cfg, run_dir, config: dict, name: str, group: Optional[str],
-                 run_id: Optional[str] = None):
+    def __init__(self, logger_cfg: LoggerConfig, run_dir: str | Path, config: dict, name: str,
+                 group: Optional[str], run_id: Optional[str] = None):
         self.run = None
         self.run_dir = Path(run_dir)
         self.wandb_dir = Path(getattr(logger_cfg, "dir", None) or run_dir)
@@ -260,7 +263,7 @@ class WandbRun:
             if folder.name != own and folder.name.split("-", 3)[-1] == self.run.id:
                 shutil.rmtree(folder, ignore_errors=True)
 
-    def log_image(self, key: str, path, step: Optional[int] = None) -> None:
+    def log_image(self, key: str, path: str | Path, step: Optional[int] = None) -> None:
         def log_one():
             import wandb
 

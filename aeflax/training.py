@@ -12,7 +12,6 @@ on the seed and the epoch, so resuming from a checkpoint replays the same batche
 from __future__ import annotations
 
 import math
-import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -29,27 +28,6 @@ from aeflax.models import Autoencoder, build
 
 Metrics = dict[str, float]
 
-
-def tune_runtime() -> None:
-    """Process-wide speed settings, applied when this module is imported (before any jax op).
-
-    - XLA's CPU backend hands reductions to YNNPACK by default; inside a training scan
-      those calls cost more than the matmuls (the seed AE epoch: 1.6 s -> 0.26 s without
-      them, identical metrics), so reductions stay in XLA's own fused loops. A user's
-      own `--xla_cpu_experimental_ynn_fusion_type` in XLA_FLAGS wins.
-    - JAX's persistent compilation cache (~/.cache/aeflax/jax, or $AEFLAX_JAX_CACHE;
-      "" turns it off): a repeated run or sweep member skips XLA compilation.
-    """
-    flags = os.environ.get("XLA_FLAGS", "")
-    if "ynn_fusion_type" not in flags:
-        os.environ["XLA_FLAGS"] = f"{flags} --xla_cpu_experimental_ynn_fusion_type=-reduce".strip()
-    cache = os.environ.get("AEFLAX_JAX_CACHE", os.path.expanduser("~/.cache/aeflax/jax"))
-    if cache and not os.environ.get("JAX_COMPILATION_CACHE_DIR"):
-        jax.config.update("jax_compilation_cache_dir", cache)
-        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
-
-
-tune_runtime()
 
 # fold_in constants that name independent random streams; steps and epochs stay below them
 PERMUTATION_STREAM, NOISE_STREAM, EVAL_STREAM = 2**30, 2**30 + 1, 2**30 + 2

@@ -12,25 +12,24 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Optional
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
-from omegaconf import OmegaConf  # noqa: E402
-from omegaconf.errors import OmegaConfBaseException  # noqa: E402
+from aeflax import runtime
+from aeflax.config import Config, EvalConfig
 
 CONF = Path(__file__).resolve().parent.parent / "conf"
 USER_ERRORS = ("ConfigError", "DataError", "CheckpointError", "FileNotFoundError")
 
 
-def eval_option(name: str):
+def eval_option(name: str) -> EvalConfig:
     """conf/eval/<name>.yaml on top of the EvalConfig defaults, as Hydra composes the group."""
-    from aeflax.config import EvalConfig
-
     path = CONF / "eval" / f"{name}.yaml"
     if not path.exists():
         options = ", ".join(sorted(p.stem for p in path.parent.glob("*.yaml")))
@@ -38,7 +37,7 @@ def eval_option(name: str):
     return OmegaConf.merge(OmegaConf.structured(EvalConfig), OmegaConf.load(path))
 
 
-def config(run_dir: Path, overrides: list[str]):
+def config(run_dir: Path, overrides: list[str]) -> Config:
     from aeflax import api
     from aeflax.config import validate
 
@@ -51,8 +50,9 @@ def config(run_dir: Path, overrides: list[str]):
     return cfg
 
 
-def evaluate(run_dir, overrides=()) -> dict:
+def evaluate(run_dir: str | Path, overrides: Sequence[str] = ()) -> dict:
     """Evaluate the run in `run_dir`; return the metrics written into its record."""
+    runtime.configure()  # before the first JAX computation
     from aeflax import api, data, evaluation, training
     from aeflax.tracking import RunRecord, WandbRun, read_summary
 
@@ -76,7 +76,7 @@ def evaluate(run_dir, overrides=()) -> dict:
     return metrics
 
 
-def main(argv=None) -> dict:
+def main(argv: Optional[Sequence[str]] = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter, epilog=(
                                          "options of eval=: " + ", ".join(

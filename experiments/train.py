@@ -19,18 +19,13 @@ import sys
 import time
 from pathlib import Path
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-ROOT = str(Path(__file__).resolve().parent.parent)
-sys.path.insert(0, ROOT)
-# launcher workers (submitit, joblib) unpickle `experiments.*` objects: they need the root too
-os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (ROOT, os.environ.get("PYTHONPATH")) if p)
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from omegaconf import DictConfig, OmegaConf
 
-import hydra  # noqa: E402
-from hydra.core.hydra_config import HydraConfig  # noqa: E402
-from hydra.types import RunMode  # noqa: E402
-from omegaconf import DictConfig, OmegaConf  # noqa: E402
-
-from experiments.schema import register  # noqa: E402
+from aeflax import runtime
+from experiments.schema import register
 
 register()
 
@@ -74,8 +69,9 @@ def wandb_identity(cfg: DictConfig, hc) -> tuple[str | None, list[str], dict]:
 
 
 @hydra.main(config_path="../conf", config_name="config", version_base="1.3")
-def main(cfg: DictConfig, trained=None):
+def main(cfg: DictConfig, trained=None) -> float | None:
     """One job. `trained`: its training already done by the vmap launcher (a training.Trained)."""
+    runtime.configure()  # here, not at import: a launcher's worker process runs only the task
     from aeflax.run import train_and_evaluate
 
     hc = HydraConfig.get()

@@ -40,7 +40,6 @@ FRAMEWORKS = ("aeflax", "keras-tensorflow", "keras-jax", "pytorch")
 # --- workers: one framework, one model, in their own process ---------------------------
 
 def load_images(n: int):
-    sys.path.insert(0, str(ROOT))
     from aeflax import data
     from aeflax.config import DataConfig
 
@@ -69,17 +68,18 @@ def timed_epochs(run_epoch, epochs: int = EPOCHS, between=None) -> tuple[float, 
 
 
 def worker_aeflax(model: str, n: int, batch: int) -> tuple[float, float]:
+    from aeflax import runtime
+
+    runtime.configure()  # as experiments/train.py: before this process's first JAX computation
     import jax
 
-    sys.path.insert(0, str(ROOT / "tests"))
-    from conftest import make_cfg
-
     from aeflax import training
+    from aeflax.api import seed_config
 
     overrides = {"dense": [], "conv": ["model.architecture=conv", "bottleneck.kind=identity"],
                  "vae": ["model.hidden=[512,256]", "bottleneck.kind=gaussian", "bottleneck.code_size=32",
                          "loss.name=elbo"]}[model]
-    cfg = make_cfg(*overrides, f"train.batch_size={batch}")
+    cfg = seed_config(*overrides, f"train.batch_size={batch}")
     images = jax.device_put(load_images(n))
     steps = training.steps_per_epoch(n, batch)
     graphdef, state = training.init_state(cfg, images.shape[1:], steps)
@@ -347,14 +347,13 @@ def nll_rows(smoke: bool) -> list[str]:
     import jax
     import numpy as np
 
-    sys.path.insert(0, str(ROOT / "tests"))
-    from conftest import make_cfg
-
-    from aeflax import evaluation, training
+    from aeflax import evaluation, runtime, training
+    from aeflax.api import seed_config
     from aeflax.parts.bottleneck.gaussian import importance_log_weights
 
+    runtime.configure()  # JAX already runs in this process (machine()): the cache applies, not the XLA flags
     k, n_images, batch, chunk = (50, 20, 10, 25) if smoke else (5000, 200, 100, 250)
-    cfg = make_cfg("model.hidden=[512,256]", "bottleneck.kind=gaussian", "bottleneck.code_size=32",
+    cfg = seed_config("model.hidden=[512,256]", "bottleneck.kind=gaussian", "bottleneck.code_size=32",
                    "loss.name=elbo")
     model = training.make_model(cfg, (28, 28, 1), 0)
     x = jax.numpy.asarray(np.random.default_rng(0).random((batch, 28, 28, 1), np.float32))
@@ -405,7 +404,6 @@ def main() -> None:
         fn = {"aeflax": worker_aeflax, "pytorch": worker_pytorch}.get(a.worker, worker_keras)
         print(json.dumps({"seconds": fn(a.model, a.n, a.batch)}))
         return
-    sys.path.insert(0, str(ROOT))
     parts, frameworks = a.only.split(","), a.frameworks.split(",")
     started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     command = " ".join(["python scripts/bench.py", *sys.argv[1:]])

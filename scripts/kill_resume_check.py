@@ -25,10 +25,9 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from aeflax.tracking import read_metrics, read_summary
 
-from aeflax.tracking import read_metrics, read_summary  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent
 
 DEFAULTS = ["data.train_limit=4000", "data.test_limit=1000", "train.epochs=8", "train.batch_size=32",
             "train.checkpoint_every=1", "logger=offline", "eval.figures=false"]

@@ -15,9 +15,7 @@ import argparse
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from aeflax import tables  # noqa: E402
+from aeflax import tables
 
 
 def parse_args(argv=None) -> argparse.Namespace:

@@ -8,12 +8,9 @@ an offline machine (`--data-dir`, default $TFDS_DATA_DIR or ~/tensorflow_dataset
 import argparse
 import sys
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from aeflax import data  # noqa: E402
-from aeflax.config import DataConfig  # noqa: E402
+from aeflax import data
+from aeflax.config import DataConfig
 
 
 def main() -> int:

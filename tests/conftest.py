@@ -3,28 +3,24 @@
 from __future__ import annotations
 
 import os
-import sys
 from pathlib import Path
 
 import pytest
-from omegaconf import OmegaConf
+
+from aeflax import runtime
+from aeflax.config import Config
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 os.environ.setdefault("WANDB_MODE", "disabled")
 os.environ.setdefault("WANDB_SILENT", "true")
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-
-from aeflax.config import Config  # noqa: E402
+runtime.configure()  # as the entry points do, before the tests' first JAX computation
 
 
-def make_cfg(*overrides: str, **data_overrides):
+def make_cfg(*overrides: str) -> Config:
     """The seed config with `key=value` overrides, W&B disabled, no figures."""
-    cfg = OmegaConf.structured(Config)
-    cfg.logger.mode = "disabled"
-    cfg.eval.figures = False
-    cfg.merge_with_dotlist(list(overrides))
-    return cfg
+    from aeflax.api import seed_config
+
+    return seed_config("logger.mode=disabled", "eval.figures=false", *overrides)
 
 
 @pytest.fixture(scope="session")

@@ -25,6 +25,7 @@ def run_dir(tmp_path_factory):
     return path
 
 
+@pytest.mark.slow
 def test_load_run_gives_the_trained_model(run_dir, fmnist_small):
     run = aeflax.load_run(run_dir)
     assert run.epoch == 2 and run.image_shape == (28, 28, 1)
@@ -60,6 +61,7 @@ def test_load_run_names_what_is_missing(tmp_path):
         aeflax.load_run(tmp_path)
 
 
+@pytest.mark.slow
 def test_evaluate_py_reproduces_the_runs_metrics(run_dir):
     before = read_summary(run_dir)
     lines = len(read_metrics(run_dir))
@@ -75,6 +77,7 @@ def test_evaluate_py_reproduces_the_runs_metrics(run_dir):
     assert len(logged) == lines + 1 and logged[-1]["test/mse"] == pytest.approx(before["test/mse"])
 
 
+@pytest.mark.slow
 def test_evaluate_py_with_an_eval_option(run_dir, capsys):
     evaluate.main([str(run_dir), "eval=denoising", "eval.denoising_levels=[0.5]", "eval.figures=false",
                    "logger.mode=disabled"])

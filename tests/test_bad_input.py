@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
+pytestmark = pytest.mark.slow  # every case is a subprocess of experiments/train.py
 TINY = ["data.train_limit=300", "data.test_limit=100", "train.epochs=1", "train.batch_size=100",
         "logger=disabled", "eval.figures=false"]
 

@@ -3,7 +3,10 @@
 import subprocess
 import sys
 
+import pytest
 from conftest import ROOT
+
+pytestmark = pytest.mark.slow  # a subprocess that trains and times every part
 
 
 def test_bench_smoke_writes_a_table(tmp_path):

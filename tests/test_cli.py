@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
+pytestmark = pytest.mark.slow  # every test is a subprocess of experiments/train.py
 
 
 def train(tmp_path, *overrides, env=None):

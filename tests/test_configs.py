@@ -4,6 +4,7 @@ from pathlib import Path
 
 import pytest
 from hydra import compose, initialize_config_dir
+from hydra.core.config_store import ConfigStore
 from omegaconf import OmegaConf
 
 from aeflax.config import validate
@@ -44,3 +45,23 @@ def test_group_option_composes(group, option):
 def test_experiment_composes_and_validates(name):
     cfg = _compose([f"experiment={name}"])
     validate(cfg)  # an experiment file must be a valid combination
+
+
+@pytest.mark.parametrize("name", _options("variant"))
+def test_variant_composes_and_validates(name):
+    cfg = _compose([f"variant={name}"])
+    validate(cfg)  # a variant file must be a valid combination
+    assert cfg.name == name
+
+
+def test_experiment_with_a_variants_name_is_that_variant():
+    """`experiment=<variant>`, the spelling from before conf/variant/, still works for every
+    variant (experiments/schema.py) and gives the variant's config."""
+    assert set(ConfigStore.instance().list("experiment")) == {f"{n}.yaml" for n in _options("variant")}
+    for name in ("ae", "vae", "conv_denoising"):
+        assert _compose([f"experiment={name}"]) == _compose([f"variant={name}"])
+
+
+def test_a_name_is_a_variant_or_an_experiment_not_both():
+    assert _options("variant") and _options("experiment")
+    assert not set(_options("variant")) & set(_options("experiment"))

@@ -28,6 +28,7 @@ def test_limits_validation_and_one_class():
     assert len(set(one.test.labels.tolist())) == 10  # test keeps every class
 
 
+@pytest.mark.slow
 def test_static_binarization_is_fixed_and_binary():
     a = data.load(DataConfig(binarize="static", test_limit=100))
     b = data.load(DataConfig(binarize="static", test_limit=100))

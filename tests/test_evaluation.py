@@ -95,6 +95,7 @@ def linear_gaussian_model(W, b, std):
     return model
 
 
+@pytest.mark.slow
 def test_importance_sampled_nll_matches_closed_form():
     from scipy.stats import multivariate_normal
 
@@ -144,6 +145,7 @@ def trained(fmnist_small):
     return cfg, training.fit(cfg, fmnist_small, progress=False)
 
 
+@pytest.mark.slow
 def test_every_use_on_a_trained_autoencoder(trained, fmnist_small, tmp_path):
     cfg, result = trained
     cfg = make_cfg("train.epochs=3", "train.batch_size=32", "eval.figures=true", "eval.probe=true",
@@ -179,6 +181,7 @@ def test_one_class_anomaly_auroc(fmnist_small, tmp_path):
     assert m["anomaly/auroc"] > 0.8
 
 
+@pytest.mark.slow
 def test_vae_likelihood_on_real_images(fmnist_small, tmp_path):
     """The bounds' order holds for any VAE, trained or not: -log p(x) (IS) <= -ELBO."""
     cfg = make_cfg("bottleneck.kind=gaussian", "bottleneck.code_size=8", "loss.name=elbo",

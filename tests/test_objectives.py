@@ -111,6 +111,7 @@ def test_kl_sparsity_is_zero_at_the_target_and_positive_elsewhere():
     np.testing.assert_allclose(kl_sparsity(jnp.full((4, 2), rho_hat), 0.1), expect, rtol=1e-5)
 
 
+@pytest.mark.slow
 def test_top_k_keeps_exactly_k_largest_units():
     a = jax.random.normal(jax.random.key(0), (50, 100))
     a = a.at[:, :40].set(0.0)  # ties (a dead ReLU block) must not let extra units through
@@ -125,6 +126,7 @@ def test_top_k_keeps_exactly_k_largest_units():
     np.testing.assert_allclose(m["active_fraction"], 0.07, rtol=1e-6)
 
 
+@pytest.mark.slow
 def test_vq_picks_the_nearest_entry_and_straight_through_passes_gradients():
     codebook = jax.random.normal(jax.random.key(1), (16, 3))
     z_e = jax.random.normal(jax.random.key(2), (5, 4, 3))
@@ -160,6 +162,7 @@ def test_vq_losses_perplexity_and_encoder_gradient():
     assert float(jnp.abs(grads["bottleneck"]["pre"]["kernel"][...]).max()) > 0
 
 
+@pytest.mark.slow
 def test_vq_ema_update_moves_entries_to_the_mean_of_their_vectors():
     vq = VectorQuantized(5, 4, 2, 8, 1e-9, nnx.Rngs(0))
     h = jax.random.normal(jax.random.key(4), (30, 5))
@@ -172,6 +175,7 @@ def test_vq_ema_update_moves_entries_to_the_mean_of_their_vectors():
     np.testing.assert_array_equal(vq.codebook[...], before)
 
 
+@pytest.mark.slow
 def test_prior_samples_need_a_bottleneck_with_a_prior():
     _, model = _vae()
     images = nnx.jit(lambda m: m.sample(jax.random.key(0), 5))(model)

@@ -42,6 +42,7 @@ FAST = {"conv": lambda x, w, s: conv.conv_im2col(x, w, None, s),
         "transpose": lambda x, w, s: conv.conv_transpose_phases(x, w, None, s)}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["conv", "transpose"])
 @pytest.mark.parametrize("h,k,s,c_in,c_out", SHAPES)
 def test_cpu_convs_equal_native_values_and_gradients(kind, h, k, s, c_in, c_out):
@@ -54,6 +55,7 @@ def test_cpu_convs_equal_native_values_and_gradients(kind, h, k, s, c_in, c_out)
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.slow
 def test_layers_route_through_the_cpu_convs():
     rngs = nnx.Rngs(0)
     x = jax.random.normal(jax.random.key(1), (3, 14, 14, 4))
@@ -68,6 +70,7 @@ def test_conv_impl_auto_is_native_off_cpu():
     assert conv.resolve_impl("auto") == ("im2col" if jax.default_backend() == "cpu" else "native")
 
 
+@pytest.mark.slow
 def test_conv_autoencoder_trains_the_same_with_either_impl(fmnist_small):
     base = ("model.architecture=conv", "bottleneck.kind=identity", "train.epochs=2", "train.batch_size=64",
             "data.train_limit=512", "data.test_limit=256")
@@ -85,6 +88,7 @@ def test_sweep_groups_follow_the_program():
     assert vmap_sweep.group_configs(cfgs) == [[0, 1], [2], [3, 4], [5]]
 
 
+@pytest.mark.slow
 def test_vectorized_group_members_equal_their_solo_runs(fmnist_small):
     base = ("train.epochs=2", "train.batch_size=128", "noise.kind=gaussian", "data.train_limit=2000",
             "data.test_limit=500")
@@ -102,6 +106,7 @@ def test_vectorized_group_members_equal_their_solo_runs(fmnist_small):
     assert group[0].history[-1]["test/mse"] < group[0].history[0]["test/mse"]  # it learns
 
 
+@pytest.mark.slow
 def test_vmap_launcher_writes_every_members_record(tmp_path, fmnist_small):
     args = ["logger.mode=disabled", "eval.figures=false", "train.epochs=1", "train.batch_size=128",
             "data.train_limit=2000", "data.test_limit=500"]
@@ -143,6 +148,7 @@ print(json.dumps({"devices": jax.device_count(), "all_reduce": "all-reduce" in h
 """
 
 
+@pytest.mark.slow
 def test_data_parallel_on_four_devices_equals_one_device(fmnist_small):
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4", WANDB_MODE="disabled")
     out = subprocess.run([sys.executable, "-c", DP_SCRIPT], cwd=ROOT, env=env, capture_output=True, text=True,
@@ -159,8 +165,10 @@ def test_data_parallel_on_four_devices_equals_one_device(fmnist_small):
 
 
 @pytest.mark.parametrize("overrides", [
-    (), ("model.architecture=conv", "bottleneck.kind=identity"),
-    ("model.hidden=[512,256]", "bottleneck.kind=gaussian", "loss.name=elbo")])
+    (),
+    pytest.param(("model.architecture=conv", "bottleneck.kind=identity"), marks=pytest.mark.slow),
+    pytest.param(("model.hidden=[512,256]", "bottleneck.kind=gaussian", "loss.name=elbo"),
+                 marks=pytest.mark.slow)])
 def test_compiled_initialisation_equals_op_by_op(overrides):
     cfg = make_cfg(*overrides)
     _, params, other = training._initial_variables(cfg, (28, 28, 1), 3)

@@ -40,6 +40,7 @@ class Recorder:
         self.exit_codes.append(exit_code)
 
 
+@pytest.mark.slow
 def test_an_exploding_learning_rate_fails_the_run_naming_epoch_metric_and_fix(tmp_path, monkeypatch):
     trackers = []
     monkeypatch.setattr(run, "WandbRun", lambda *a, **k: trackers.append(Recorder()) or trackers[-1])
@@ -54,6 +55,7 @@ def test_an_exploding_learning_rate_fails_the_run_naming_epoch_metric_and_fix(tm
     assert tracking.read_metrics(tmp_path) == []  # the diverged epoch is not logged as a result
 
 
+@pytest.mark.slow
 def test_a_diverging_job_fails_alone_and_the_sweep_goes_on(tmp_path):
     cmd = [sys.executable, str(ROOT / "experiments" / "train.py"), "-m", f"hydra.sweep.dir={tmp_path}",
            "optimizer.learning_rate=1e30,1e-3", "model.output_activation=linear", "train.epochs=1",

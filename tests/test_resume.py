@@ -34,6 +34,7 @@ def epochs_logged(run_dir):
     return [p["epoch"] for p in tracking.read_metrics(run_dir) if "epoch_seconds" in p]
 
 
+@pytest.mark.slow
 def test_kill_9_mid_training_then_the_same_command_gives_identical_metrics(tmp_path, monkeypatch):
     run_dir = tmp_path / "killed"
     cmd = [sys.executable, str(ROOT / "experiments" / "train.py"), f"hydra.run.dir={run_dir}", *OVERRIDES]
@@ -83,6 +84,7 @@ def test_points_after_the_checkpoint_and_cut_short_lines_are_dropped_on_resume(t
     assert tracking.read_metrics(tmp_path) == []
 
 
+@pytest.mark.slow
 def test_finished_runs_are_left_alone_other_settings_and_corruption_are_errors_fresh_starts_over(tmp_path):
     cfg = make_cfg("train.epochs=2", *TINY)
     first = train_and_evaluate(cfg, tmp_path, progress=False)

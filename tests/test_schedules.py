@@ -16,6 +16,7 @@ def test_burda_schedule_stages():
     assert sum(3**i for i in range(8)) == 3280  # the paper's total number of epochs
 
 
+@pytest.mark.slow
 def test_early_stopping_keeps_the_best_epoch(fmnist_small):
     # a learning rate this high makes the validation loss rise after the first epochs
     cfg = make_cfg("train.epochs=12", "train.batch_size=32", "data.val_size=500",
@@ -37,6 +38,7 @@ def test_early_stopping_needs_a_validation_split():
         validate(make_cfg("train.early_stopping_patience=5"))
 
 
+@pytest.mark.slow
 def test_an_early_stopped_run_records_and_keeps_the_best_epoch(tmp_path):
     import json
 

@@ -2,6 +2,7 @@
 
 import jax.numpy as jnp
 import numpy as np
+import pytest
 from conftest import make_cfg
 
 from aeflax import training
@@ -27,6 +28,7 @@ def test_loss_falls_on_real_data(fmnist_small):
     assert losses[-1] < 0.035
 
 
+@pytest.mark.slow
 def test_same_seed_same_numbers(fmnist_small):
     cfg = make_cfg("train.epochs=2", "train.batch_size=128")
     a = training.fit(cfg, fmnist_small, progress=False).history

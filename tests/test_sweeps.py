@@ -84,6 +84,7 @@ def job_of(run_dir: Path) -> tuple[int, int]:
     return cfg["bottleneck"]["code_size"], cfg["seed"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("launcher", ["basic", "joblib"])
 def test_each_job_is_a_run_dir_and_an_offline_wandb_run_in_the_sweeps_group(sweeps, launcher):
     sweep = sweeps[launcher]
@@ -119,6 +120,7 @@ def test_each_job_is_a_run_dir_and_an_offline_wandb_run_in_the_sweeps_group(swee
         assert final["test/mse"] == summary["test/mse"] and final["status"] == "finished"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("launcher", ["basic", "joblib"])
 def test_the_table_cells_equal_the_summaries(sweeps, launcher, tmp_path):
     sweep = sweeps[launcher]
@@ -139,6 +141,7 @@ def test_the_table_cells_equal_the_summaries(sweeps, launcher, tmp_path):
         assert agg.loc[code, "std"] == pytest.approx(abs(a - b) / 2 ** 0.5, rel=1e-9)
 
 
+@pytest.mark.slow
 def test_a_rerun_skips_finished_jobs_and_reruns_a_deleted_one(sweeps):
     sweep = sweeps["joblib"]
     hydra_own = lambda p: ".hydra" in p.parts or p.suffix == ".log" or p.name == ".lock"  # noqa: E731
@@ -164,6 +167,7 @@ def test_a_rerun_skips_finished_jobs_and_reruns_a_deleted_one(sweeps):
     assert (sweep / "wandb_group.txt").read_text() == group
 
 
+@pytest.mark.slow
 def test_submitit_local_launcher_runs_the_jobs(sweeps):
     (run,) = tables.find_runs(sweeps["sub"])
     assert run.name.endswith("seed=3,train.batch_size=128,train.epochs=1")
@@ -178,6 +182,7 @@ def test_slurm_launcher_config_composes():
     assert launcher.submitit_folder == "multirun/sweep_latent/.submitit/%j"
 
 
+@pytest.mark.slow
 def test_optuna_search_runs_trials_and_reports_the_best(sweeps):
     sweep = sweeps["optuna_opt"]
     results = yaml.safe_load((sweep / "optimization_results.yaml").read_text())
@@ -196,14 +201,20 @@ def _compose_all(jobs):
         yield from (compose(config_name="config", overrides=job) for job in jobs)
 
 
-SWEEP_FILES = sorted(p.stem for p in (ROOT / "conf" / "experiment").glob("*.yaml")
-                     if p.stem.startswith("sweep_") or p.stem == "variants")
+EXPERIMENTS = {p.stem: yaml.safe_load(p.read_text())
+               for p in sorted((ROOT / "conf" / "experiment").glob("*.yaml"))}
+# every experiment file that is a multirun: the sweeps, the multirun reproductions, anomaly_sweep
+MULTIRUN_FILES = [name for name, body in EXPERIMENTS.items()
+                  if (body.get("hydra") or {}).get("mode") == "MULTIRUN"]
+SWEEP_FILES = [name for name in MULTIRUN_FILES if name.startswith("sweep_") or name == "variants"]
 
 
-@pytest.mark.parametrize("name", SWEEP_FILES)
-def test_every_job_of_a_sweep_file_composes_and_validates(name):
+@pytest.mark.slow  # hundreds of compositions; test_configs composes every file once
+@pytest.mark.parametrize("name", MULTIRUN_FILES)
+def test_every_job_of_a_multirun_file_composes_and_validates(name):
     params = _compose([f"experiment={name}"], hydra=True).hydra.sweeper.params
-    assert "seed" in params and len(str(params.seed).split(",")) == 3  # every sweep: 3 seeds
+    if name in SWEEP_FILES:
+        assert "seed" in params and len(str(params.seed).split(",")) == 3  # every sweep: 3 seeds
     axes = []
     for key, values in params.items():
         if key != "seed":

@@ -1,4 +1,4 @@
-"""Every named variant composes from its experiment file and learns on real data; bad pairs fail early."""
+"""Every named variant composes from its variant file and learns on real data; bad pairs fail early."""
 
 import functools
 import math
@@ -20,6 +20,8 @@ CONF = Path(__file__).resolve().parent.parent / "conf"
 CONV = ["conv", "conv_vae", "conv_denoising", "vqvae"]
 DENSE = ["denoising", "denoising_masking", "salt_pepper", "sparse", "sparse_kl", "k_sparse", "contractive",
          "weight_decay", "vae", "beta_vae", "vae_binarized", "iwae"]
+# make test-fast trains two dense variants (an activity and a Jacobian penalty); the rest are slow
+SLOW = set(DENSE + CONV) - {"sparse", "contractive"}
 
 register()
 
@@ -51,7 +53,7 @@ def trained(name: str):
     conv variants, whose XLA CPU convolutions are slow), batch 32, and the loss that falls is the
     mean training loss of the last epoch against the first (which starts from the initial weights).
     """
-    cfg = _compose(f"experiment={name}", "train.batch_size=32")
+    cfg = _compose(f"variant={name}", "train.batch_size=32")
     validate(cfg)
     dataset = data.load(DataConfig(train_limit=600 if name in CONV else 800, test_limit=200,
                                    binarize=cfg.data.binarize))
@@ -67,7 +69,8 @@ def trained(name: str):
     return cfg, graphdef, state, history, dataset
 
 
-@pytest.mark.parametrize("name", DENSE + CONV)
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n in SLOW else n
+                                  for n in DENSE + CONV])
 def test_variant_composes_and_its_loss_falls(name):
     cfg, _, _, history, _ = trained(name)
     assert cfg.name == name
@@ -90,6 +93,7 @@ def test_variant_composes_and_its_loss_falls(name):
         assert 0 < last["train/contractive"] < first["train/contractive"]
 
 
+@pytest.mark.slow  # trains the VAE
 def test_iwae_bound_tightens_with_k_on_a_trained_vae():
     cfg, graphdef, state, _, dataset = trained("vae")
     x = dataset.test.images[:200].astype(np.float32) / 255.0
@@ -107,7 +111,7 @@ def test_iwae_bound_tightens_with_k_on_a_trained_vae():
 
 
 def test_the_tutorial_conv_denoising_protocol():
-    cfg = _compose("experiment=conv_denoising")
+    cfg = _compose("variant=conv_denoising")
     assert (cfg.model.architecture, cfg.bottleneck.kind, cfg.loss.name) == ("conv", "identity", "mse")
     assert (cfg.noise.kind, cfg.noise.std, cfg.noise.fixed) == ("gaussian", 0.2, True)
     assert (cfg.train.batch_size, cfg.train.epochs, list(cfg.model.conv.channels)) == (32, 10, [16, 8])

@@ -46,6 +46,9 @@ class VmapLauncher(Launcher):
         self.config, self.hydra_context, self.task_function = config, hydra_context, task_function
 
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
+        from aeflax import runtime
+
+        runtime.configure()  # this process trains the groups: before its first JAX computation
         from aeflax import vmap_sweep
         from aeflax.config import validate
 
