@@ -17,6 +17,7 @@ import os
 import shutil
 import socket
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional
 from urllib.parse import urlparse
@@ -182,13 +183,56 @@ class RunRecord:
         write_json_atomic(self.run_dir / SUMMARY, _clean(summary))
 
 
+RESERVED_ID_CHARS = ":;,#?/' "  # W&B refuses these in a run id (wandb.Settings.validate_run_id)
+
+
+def readable_id(name: str, first: Sequence[str] = (), length: int = 40) -> str:
+    """A new run id that says the job's overrides: `cs=8+seed=1-k3x9q2` for the job
+    `bottleneck.code_size=8,seed=1` (each key's last part, its initials when it has several
+    words, `+` between them, the keys in `first` (what the sweep varies) leading, a random
+    tail that keeps it unique in the project). `wandb leet` lists a workspace's runs by their
+    folders, `offline-run-<time>-<id>`, in a column that shows about 16 characters of the id:
+    short keys leave room for the values that tell the runs apart."""
+    import secrets
+
+    items: list[tuple[str, str]] = []
+    for token in name.split(","):  # Hydra's override_dirname: key=value,key=value
+        if "=" in token or not items:
+            key, _, value = token.partition("=")
+            items.append((key, f"{_short(key)}={value}" if value else key))
+        else:
+            items[-1] = (items[-1][0], f"{items[-1][1]}+{token}")  # a value that held a comma ([16,8])
+    items.sort(key=lambda item: item[0] not in first)  # stable: the swept keys first, in their order
+    slug = "+".join(text for _, text in items)
+    slug = "".join("_" if c in RESERVED_ID_CHARS else c for c in slug)[:length].strip("+_")
+    tail = "".join(secrets.choice("abcdefghijklmnopqrstuvwxyz0123456789") for _ in range(6))
+    return f"{slug}-{tail}" if slug else tail
+
+
+def _short(key: str) -> str:
+    """`bottleneck.code_size` -> `cs`, `seed` -> `seed`."""
+    last = key.rsplit(".", 1)[-1]
+    return "".join(word[0] for word in last.split("_") if word) if "_" in last else last
+
+
+def swept_keys(sweep_dir: Path) -> list[str]:
+    """The keys a multirun varies (its multirun.yaml), or none."""
+    from aeflax.tables import planned_values
+
+    try:
+        return list(planned_values(sweep_dir))
+    except Exception:  # noqa: BLE001 - only the order of a name depends on it
+        return []
+
+
 class WandbRun:
     """A W&B run that never stops training: failures become one warning and a no-op.
 
     `run_id` (kept in summary.json) resumes the same W&B run after a crash, offline too.
     W&B writes into `<logger.dir or run_dir>/wandb/`; a multirun sets logger.dir to its sweep
-    directory, so the sweep is one folder that `wandb leet` shows as one workspace (each run
-    named by its directory, i.e. the job's overrides: leet's filter finds runs by them).
+    directory, so the sweep is one folder that `wandb leet` shows as one workspace: each run
+    is named by its directory (the job's overrides: leet's filter finds runs by them) and a new
+    run's id says them too (`readable_id`), as leet lists runs by folder, which ends in the id.
     """
 
     # per-epoch losses whose minimum W&B keeps in the summary while training (define_metric)
@@ -212,6 +256,8 @@ class WandbRun:
             if logger_cfg.mode == "online":
                 check_online(os.environ.get("WANDB_BASE_URL") or wandb.Settings().base_url)
             self.wandb_dir.mkdir(parents=True, exist_ok=True)
+            if run_id is None and self.shared:  # leet lists a workspace by its folders, ending in the id
+                run_id = readable_id(name, first=swept_keys(self.wandb_dir))
             self.run = wandb.init(
                 project=logger_cfg.project, entity=logger_cfg.entity, group=group,
                 job_type=logger_cfg.job_type, tags=list(logger_cfg.tags), name=name, config=config,

@@ -141,7 +141,8 @@ def test_a_preempted_submitit_job_is_requeued_and_resumes_to_the_uninterrupted_m
     assert metrics(summary) == metrics(reference)
     assert epochs_logged(run_dir) == [1, 2, 3, 4, 5]
     # a sweep's jobs log into its one W&B workspace; the requeued job stays one run there
-    assert [r.name[-8:] for r in (sweep / "wandb").glob("offline-run-*")] == [summary["wandb_id"]]
+    folders = (sweep / "wandb").glob("offline-run-*")
+    assert [r.name.split("-", 3)[-1] for r in folders] == [summary["wandb_id"]]
 
 
 def write_run(run_dir: Path, summary: dict) -> Path:

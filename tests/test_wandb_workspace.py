@@ -107,15 +107,24 @@ def test_wandb_leet_lists_every_run_of_the_sweep_in_tmux(sweep):
                     f"{WANDB} leet {sweep / 'wandb'}"], check=True, env=ENV)
     try:
         screen = wait_for(server, "Runs [2 items]")
-        assert all(run_id in screen for run_id in ids), screen
+        listed = run_list(screen)  # each run listed under the overrides the sweep varies
+        assert all("offline-run-" in line for line in listed) and len(listed) == 2, screen
+        assert any("seed=0+" in line for line in listed) and any("seed=1+" in line for line in listed), screen
+        assert all(run_id.startswith("seed=") for run_id in ids), ids  # the folder ends in the readable id
         subprocess.run([*server, "send-keys", "-t", "leet", "f"], check=True)
         subprocess.run([*server, "send-keys", "-t", "leet", "-l", "seed=1,"], check=True)
         subprocess.run([*server, "send-keys", "-t", "leet", "Enter"], check=True)
         screen = wait_for(server, "[1 filtered from 2 total]")  # found by its name: the overrides
-        seed1 = read_summary(next(r for r in tables.find_runs(sweep) if "seed=1," in r.name))["wandb_id"]
-        assert seed1 in screen and not all(run_id in screen for run_id in ids), screen
+        listed = run_list(screen)
+        assert len(listed) == 1 and "seed=1+" in listed[0], screen
     finally:
         subprocess.run([*server, "kill-server"], check=False)
+
+
+def run_list(screen: str) -> list[str]:
+    """The rows of leet's runs list: the left column of the screen, one row per listed run."""
+    rows = [line.split("│")[0].strip() for line in screen.splitlines()]
+    return [row for row in rows if row[:1] in ("▶", "○", "●") and "offline-run-" in row]
 
 
 def wait_for(server: list[str], text: str, timeout: float = 60) -> str:
