@@ -122,7 +122,8 @@ class Run:
             raise ValueError(f"a {self.cfg.bottleneck.kind} autoencoder has no prior: pass like=<images> "
                              "to sample from a Gaussian fit to their codes")
         codes = None if like is None else self.encode(like)
-        return self.decode(np.asarray(evaluation.sample_codes(self.cfg, codes, jax.random.key(seed), n)))
+        z = evaluation.sample_codes(self.cfg, self.model, codes, jax.random.key(seed), n)
+        return self.decode(np.asarray(z))
 
     def _map(self, f: Callable, x: np.ndarray) -> dict[str, np.ndarray]:
         return evaluation.map_batches(f, (x,), self.batch_size)

@@ -349,7 +349,7 @@ def pictures(cfg, model, state, dataset, figdir: Path) -> dict[str, Path]:
                                                    "originals and reconstructions")}
     m = min(len(test), 2000)
     test_codes = encoder(model, cfg.train.eval_batch_size)(test.images[:m])
-    z = sample_codes(cfg, test_codes, jax.random.fold_in(key, SAMPLE_STREAM), 16)
+    z = sample_codes(cfg, model, test_codes, jax.random.fold_in(key, SAMPLE_STREAM), 16)
     paths["samples"] = figures.image_grid(np.asarray(model.decode(z)), figdir / "samples.png",
                                           "samples from the prior" if parts.bottleneck_of(cfg).posterior
                                           else "samples from a Gaussian fit to the test codes")
@@ -361,12 +361,12 @@ def pictures(cfg, model, state, dataset, figdir: Path) -> dict[str, Path]:
     return paths
 
 
-def sample_codes(cfg, test_codes, key, n: int):
+def sample_codes(cfg, model, test_codes, key, n: int):
     """Codes to decode: from the prior where the bottleneck has one, else from a diagonal Gaussian
     fit to the test codes."""
     b = parts.bottleneck_of(cfg)
     if b.posterior:
-        return b.prior_sample(key, n, cfg.bottleneck)
+        return b.prior_sample(key, n, cfg.bottleneck, model)
     eps = jax.random.normal(key, (n, *test_codes.shape[1:]))
     return jnp.asarray(test_codes.mean(0)) + jnp.asarray(test_codes.std(0)) * eps
 

@@ -1,4 +1,11 @@
-"""The VAE's bottleneck: q(z|x) = N(mean, diag(exp(logvar))), prior N(0, I) (Kingma & Welling 2014)."""
+"""The VAE's bottleneck: q(z|x) = N(mean, diag(exp(logvar))), prior N(0, I) (Kingma & Welling 2014).
+
+Other priors and posteriors are bottleneck kinds that subclass this one (vamp: a learned mixture
+prior; planar, iaf: flows on the posterior). The module's hooks say what they change:
+`log_prior(z)` and `prior_sample(key, n)` (the prior), `transform(z0, h)` (the posterior's flow,
+with its log-determinant); `importance_log_weights` reads only the hooks, so the IWAE bound and
+the importance-sampled NLL use whichever prior and posterior the model has.
+"""
 
 from __future__ import annotations
 
@@ -27,16 +34,20 @@ def importance_log_weights(model, x, key, k: int, likelihood: str, std: float = 
     image scored by p(.|z) when it differs from the encoder's input (denoising: the clean one).
     """
     target = x if target is None else target
-    mean, logvar = model.bottleneck.stats(model.encoder(x))
-    z = sample(key, mean, logvar, num=k)  # [k, B, D]
+    bottleneck, h = model.bottleneck, model.encoder(x)
+    mean, logvar = bottleneck.stats(h)
+    z0 = sample(key, mean, logvar, num=k)  # [k, B, D]
+    z, logdet = bottleneck.transform(z0, h)  # a flow: q(z) = q0(z0) / |det dz/dz0|
 
     def one(zi):
         logits = model.decode_logits(zi)
         return objectives.log_likelihood(likelihood, logits, model.output(logits), target, std)
 
     log_px_z = jax.lax.map(one, z, batch_size=min(k, 8))
-    zeros = jnp.zeros_like(mean)
-    return log_px_z + objectives.log_normal(z, zeros, zeros) - objectives.log_normal(z, mean, logvar)
+    log_q = objectives.log_normal(z0, mean, logvar)
+    if logdet is not None:
+        log_q = log_q - logdet
+    return log_px_z + bottleneck.log_prior(z) - log_q
 
 
 class Gaussian(nnx.Module):
@@ -55,6 +66,15 @@ class Gaussian(nnx.Module):
         mean, logvar = self.stats(h)
         code = mean if key is None else sample(key, mean, logvar)
         return {"code": code, "mean": mean, "logvar": logvar}
+
+    def transform(self, z0, h):
+        """(z, log|det dz/dz0|) of the posterior's flow on draws z0 [..., B, D]; here none: (z0, None)."""
+        return z0, None
+
+    def log_prior(self, z):
+        """log p(z) over the last axis: here N(0, I)."""
+        zeros = jnp.zeros(z.shape[-1:], z.dtype)
+        return objectives.log_normal(z, zeros, zeros)
 
     def prior_sample(self, key, n: int):
         """n codes from the prior N(0, I)."""
@@ -81,8 +101,8 @@ class GaussianPart(Bottleneck):
     def kl(self, out):
         return objectives.kl_standard_normal(out["mean"], out["logvar"])
 
-    def prior_sample(self, key, n, b):
-        return jax.random.normal(key, (n, b.code_size))
+    def prior_sample(self, key, n, b, model):
+        return model.bottleneck.prior_sample(key, n)
 
     def importance_log_weights(self, model, x, key, k, likelihood, std=1.0, target=None):
         return importance_log_weights(model, x, key, k, likelihood, std, target)
