@@ -65,7 +65,11 @@ class Gaussian(nnx.Module):
     def __call__(self, h, *, key=None, train: bool = False):
         mean, logvar = self.stats(h)
         code = mean if key is None else sample(key, mean, logvar)
-        return {"code": code, "mean": mean, "logvar": logvar}
+        out = {"code": code, "mean": mean, "logvar": logvar}
+        z, logdet = self.transform(code, h)
+        if logdet is not None:  # a flow: the decoder reads z_K; z_0 and the log-determinant for the KL
+            out.update(code=z, z0=code, logdet=logdet)
+        return out
 
     def transform(self, z0, h):
         """(z, log|det dz/dz0|) of the posterior's flow on draws z0 [..., B, D]; here none: (z0, None)."""
@@ -99,7 +103,15 @@ class GaussianPart(Bottleneck):
         return Gaussian(in_features, b.code_size, rngs, init), b.code_size
 
     def kl(self, out):
-        return objectives.kl_standard_normal(out["mean"], out["logvar"])
+        """Closed form; with a flow (Rezende & Mohamed 2015) KL(q_K || p) = E[log q0(z0) - log p(z0)]
+        + E[log p(z0) - log p(z_K) - log|det|]: the closed form plus a one-draw estimate of the rest,
+        so an identity flow gives exactly the plain VAE's KL."""
+        kl = objectives.kl_standard_normal(out["mean"], out["logvar"])
+        if "logdet" in out:
+            zeros = jnp.zeros_like(out["mean"])
+            log_p = lambda z: objectives.log_normal(z, zeros, zeros)  # noqa: E731
+            kl = kl + ((log_p(out["z0"]) - log_p(out["code"])) - out["logdet"])  # identity: kl + 0
+        return kl
 
     def prior_sample(self, key, n, b, model):
         return model.bottleneck.prior_sample(key, n)

@@ -79,8 +79,10 @@ class VampPart(gaussian.GaussianPart):
         module.pseudo_inputs = nnx.Param(0.05 + 0.01 * jax.random.normal(rngs.params(), shape))
 
     def kl(self, out):
-        """log q(z|x) - log p(z) at the draw z the decoder reads (no closed form to a mixture)."""
-        return objectives.log_normal(out["code"], out["mean"], out["logvar"]) - out["log_prior"]
+        """log q(z|x) - log p(z) at the draw z the decoder reads (no closed form to a mixture);
+        with a flow (a module that is also a flow's), log q(z|x) = log q0(z0|x) - log|det|."""
+        log_q = objectives.log_normal(out.get("z0", out["code"]), out["mean"], out["logvar"])
+        return log_q - out.get("logdet", 0.0) - out["log_prior"]
 
 
 PART = VampPart()
