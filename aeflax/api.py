@@ -117,7 +117,8 @@ class Run:
 
     def sample(self, n: int, seed: int = 0, like: Optional[ArrayLike] = None) -> np.ndarray:
         """n generated images: from the prior for the VAE family; for other models from a
-        diagonal Gaussian fit to the codes of the images `like` (which must then be given)."""
+        density fit to the codes of the images `like` (which must then be given): eval.sampler, a
+        diagonal Gaussian or a Gaussian mixture."""
         if not parts.bottleneck_of(self.cfg).posterior and like is None:
             raise ValueError(f"a {self.cfg.bottleneck.kind} autoencoder has no prior: pass like=<images> "
                              "to sample from a Gaussian fit to their codes")
