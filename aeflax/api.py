@@ -117,12 +117,14 @@ class Run:
 
     def sample(self, n: int, seed: int = 0, like: Optional[ArrayLike] = None) -> np.ndarray:
         """n generated images: from the prior for the VAE family; for other models from a
-        diagonal Gaussian fit to the codes of the images `like` (which must then be given)."""
+        density fit to the codes of the images `like` (which must then be given): eval.sampler, a
+        diagonal Gaussian or a Gaussian mixture."""
         if not parts.bottleneck_of(self.cfg).posterior and like is None:
             raise ValueError(f"a {self.cfg.bottleneck.kind} autoencoder has no prior: pass like=<images> "
                              "to sample from a Gaussian fit to their codes")
         codes = None if like is None else self.encode(like)
-        return self.decode(np.asarray(evaluation.sample_codes(self.cfg, codes, jax.random.key(seed), n)))
+        z = evaluation.sample_codes(self.cfg, self.model, codes, jax.random.key(seed), n)
+        return self.decode(np.asarray(z))
 
     def _map(self, f: Callable, x: np.ndarray) -> dict[str, np.ndarray]:
         return evaluation.map_batches(f, (x,), self.batch_size)

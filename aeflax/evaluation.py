@@ -349,10 +349,11 @@ def pictures(cfg, model, state, dataset, figdir: Path) -> dict[str, Path]:
                                                    "originals and reconstructions")}
     m = min(len(test), 2000)
     test_codes = encoder(model, cfg.train.eval_batch_size)(test.images[:m])
-    z = sample_codes(cfg, test_codes, jax.random.fold_in(key, SAMPLE_STREAM), 16)
+    z = sample_codes(cfg, model, test_codes, jax.random.fold_in(key, SAMPLE_STREAM), 16)
+    density = "Gaussian mixture" if cfg.eval.sampler == "gmm" else "Gaussian"
     paths["samples"] = figures.image_grid(np.asarray(model.decode(z)), figdir / "samples.png",
                                           "samples from the prior" if parts.bottleneck_of(cfg).posterior
-                                          else "samples from a Gaussian fit to the test codes")
+                                          else f"samples from a {density} fit to the test codes")
     paths["interpolation"] = figures.image_rows(
         interpolation_rows(model, test_codes, test.images[:m], test.labels[:m], dataset.class_names),
         figdir / "interpolation.png", "interpolation in code space between test images (ends)")
@@ -361,14 +362,15 @@ def pictures(cfg, model, state, dataset, figdir: Path) -> dict[str, Path]:
     return paths
 
 
-def sample_codes(cfg, test_codes, key, n: int):
-    """Codes to decode: from the prior where the bottleneck has one, else from a diagonal Gaussian
-    fit to the test codes."""
+def sample_codes(cfg, model, test_codes, key, n: int):
+    """Codes to decode: from the prior where the bottleneck has one, else from the ex-post density
+    `eval.sampler` fit to the test codes (aeflax/parts/eval/sampler.py)."""
+    from aeflax.parts.eval import sampler
+
     b = parts.bottleneck_of(cfg)
     if b.posterior:
-        return b.prior_sample(key, n, cfg.bottleneck)
-    eps = jax.random.normal(key, (n, *test_codes.shape[1:]))
-    return jnp.asarray(test_codes.mean(0)) + jnp.asarray(test_codes.std(0)) * eps
+        return b.prior_sample(key, n, cfg.bottleneck, model)
+    return sampler.sample(cfg, test_codes, key, n)
 
 
 def interpolation_rows(model, test_codes, images, labels, class_names, pairs: int = 4, steps: int = 8):

@@ -24,6 +24,7 @@ def build(model_cfg, bottleneck_cfg, image_shape, rngs: nnx.Rngs) -> Autoencoder
     # the chosen bottleneck part builds its module (aeflax/parts/bottleneck/)
     part = parts.registry()["bottleneck"][b.kind]
     bottleneck, code_size = part.build(b, encoder.out_features, map_channels, rngs, m.init)
+    part.attach(b, bottleneck, encoder, image_shape, rngs)  # e.g. a prior that reads the encoder
     if m.architecture == "dense":
         dec_hidden = list(reversed(m.hidden)) if m.decoder_hidden is None else list(m.decoder_hidden)
         decoder = DenseDecoder(code_size, image_shape, dec_hidden, m.activation, rngs, m.init)

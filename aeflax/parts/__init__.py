@@ -101,6 +101,10 @@ class Bottleneck(Part):
         """(nnx module, size of the vector code it hands the decoder; 0 when the code is a map)."""
         raise NotImplementedError
 
+    def attach(self, b, module, encoder, image_shape, rngs) -> None:
+        """After `build`: give the module what only the whole model has (the VampPrior's prior
+        encodes learned pseudo-inputs with the model's own encoder). By default nothing."""
+
     def train_terms(self, batch, hp) -> tuple[list, dict]:
         """(terms added to the loss in this order, scalar metrics) of the bottleneck's own objective."""
         return [], {}
@@ -114,8 +118,8 @@ class Bottleneck(Part):
         """KL(q(z|x) || p(z)) per image."""
         raise NotImplementedError
 
-    def prior_sample(self, key, n: int, b):
-        """n codes drawn from the prior."""
+    def prior_sample(self, key, n: int, b, model):
+        """n codes drawn from the prior (`model`: the trained one, for a learned prior)."""
         raise NotImplementedError
 
     def importance_log_weights(self, model, x, key, k: int, likelihood: str, std: float = 1.0, target=None):

@@ -1,4 +1,11 @@
-"""The VAE's bottleneck: q(z|x) = N(mean, diag(exp(logvar))), prior N(0, I) (Kingma & Welling 2014)."""
+"""The VAE's bottleneck: q(z|x) = N(mean, diag(exp(logvar))), prior N(0, I) (Kingma & Welling 2014).
+
+Other priors and posteriors are bottleneck kinds that subclass this one (vamp: a learned mixture
+prior; planar, iaf: flows on the posterior). The module's hooks say what they change:
+`log_prior(z)` and `prior_sample(key, n)` (the prior), `transform(z0, h)` (the posterior's flow,
+with its log-determinant); `importance_log_weights` reads only the hooks, so the IWAE bound and
+the importance-sampled NLL use whichever prior and posterior the model has.
+"""
 
 from __future__ import annotations
 
@@ -27,16 +34,20 @@ def importance_log_weights(model, x, key, k: int, likelihood: str, std: float = 
     image scored by p(.|z) when it differs from the encoder's input (denoising: the clean one).
     """
     target = x if target is None else target
-    mean, logvar = model.bottleneck.stats(model.encoder(x))
-    z = sample(key, mean, logvar, num=k)  # [k, B, D]
+    bottleneck, h = model.bottleneck, model.encoder(x)
+    mean, logvar = bottleneck.stats(h)
+    z0 = sample(key, mean, logvar, num=k)  # [k, B, D]
+    z, logdet = bottleneck.transform(z0, h)  # a flow: q(z) = q0(z0) / |det dz/dz0|
 
     def one(zi):
         logits = model.decode_logits(zi)
         return objectives.log_likelihood(likelihood, logits, model.output(logits), target, std)
 
     log_px_z = jax.lax.map(one, z, batch_size=min(k, 8))
-    zeros = jnp.zeros_like(mean)
-    return log_px_z + objectives.log_normal(z, zeros, zeros) - objectives.log_normal(z, mean, logvar)
+    log_q = objectives.log_normal(z0, mean, logvar)
+    if logdet is not None:
+        log_q = log_q - logdet
+    return log_px_z + bottleneck.log_prior(z) - log_q
 
 
 class Gaussian(nnx.Module):
@@ -54,7 +65,20 @@ class Gaussian(nnx.Module):
     def __call__(self, h, *, key=None, train: bool = False):
         mean, logvar = self.stats(h)
         code = mean if key is None else sample(key, mean, logvar)
-        return {"code": code, "mean": mean, "logvar": logvar}
+        out = {"code": code, "mean": mean, "logvar": logvar}
+        z, logdet = self.transform(code, h)
+        if logdet is not None:  # a flow: the decoder reads z_K; z_0 and the log-determinant for the KL
+            out.update(code=z, z0=code, logdet=logdet)
+        return out
+
+    def transform(self, z0, h):
+        """(z, log|det dz/dz0|) of the posterior's flow on draws z0 [..., B, D]; here none: (z0, None)."""
+        return z0, None
+
+    def log_prior(self, z):
+        """log p(z) over the last axis: here N(0, I)."""
+        zeros = jnp.zeros(z.shape[-1:], z.dtype)
+        return objectives.log_normal(z, zeros, zeros)
 
     def prior_sample(self, key, n: int):
         """n codes from the prior N(0, I)."""
@@ -79,10 +103,18 @@ class GaussianPart(Bottleneck):
         return Gaussian(in_features, b.code_size, rngs, init), b.code_size
 
     def kl(self, out):
-        return objectives.kl_standard_normal(out["mean"], out["logvar"])
+        """Closed form; with a flow (Rezende & Mohamed 2015) KL(q_K || p) = E[log q0(z0) - log p(z0)]
+        + E[log p(z0) - log p(z_K) - log|det|]: the closed form plus a one-draw estimate of the rest,
+        so an identity flow gives exactly the plain VAE's KL."""
+        kl = objectives.kl_standard_normal(out["mean"], out["logvar"])
+        if "logdet" in out:
+            zeros = jnp.zeros_like(out["mean"])
+            log_p = lambda z: objectives.log_normal(z, zeros, zeros)  # noqa: E731
+            kl = kl + ((log_p(out["z0"]) - log_p(out["code"])) - out["logdet"])  # identity: kl + 0
+        return kl
 
-    def prior_sample(self, key, n, b):
-        return jax.random.normal(key, (n, b.code_size))
+    def prior_sample(self, key, n, b, model):
+        return model.bottleneck.prior_sample(key, n)
 
     def importance_log_weights(self, model, x, key, k, likelihood, std=1.0, target=None):
         return importance_log_weights(model, x, key, k, likelihood, std, target)
