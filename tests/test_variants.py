@@ -17,9 +17,10 @@ from aeflax.parts.bottleneck.gaussian import importance_log_weights
 from experiments.schema import register
 
 CONF = Path(__file__).resolve().parent.parent / "conf"
-CONV = ["conv", "conv_vae", "conv_denoising", "vqvae"]
+CONV = ["conv", "conv_vae", "conv_denoising", "vqvae", "vqvae_healthy"]
 DENSE = ["denoising", "denoising_masking", "salt_pepper", "sparse", "sparse_kl", "k_sparse", "contractive",
-         "weight_decay", "vae", "beta_vae", "vae_binarized", "iwae", "vamp", "vae_planar", "vae_iaf", "rae"]
+         "weight_decay", "vae", "beta_vae", "vae_binarized", "iwae", "vamp", "vae_planar", "vae_iaf", "rae",
+         "wae", "info_vae", "beta_tcvae", "dip_vae", "dip_vae_ii"]
 # make test-fast trains two dense variants (an activity and a Jacobian penalty); the rest are slow
 SLOW = set(DENSE + CONV) - {"sparse", "contractive"}
 

@@ -96,6 +96,7 @@ class Bottleneck(Part):
     posterior: ClassVar[bool] = False  # q(z|x) and a prior: an ELBO, a likelihood bound, prior samples
     activation_code: ClassVar[bool] = False  # emits `activation` (pre-sparsity code) for activity penalties
     smooth_code: ClassVar[bool] = True  # the code is differentiable in the input (a Jacobian penalty exists)
+    gaussian_posterior: ClassVar[bool] = False  # out holds `mean`, `logvar` of a diagonal Gaussian q(z|x)
 
     def build(self, b, in_features: int, map_channels: int, rngs, init: str):
         """(nnx module, size of the vector code it hands the decoder; 0 when the code is a map)."""

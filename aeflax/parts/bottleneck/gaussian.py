@@ -94,6 +94,7 @@ class GaussianPart(Bottleneck):
     name = "gaussian"
     Fields = Fields
     posterior = True
+    gaussian_posterior = True
 
     def validate(self, cfg) -> None:
         b = cfg.bottleneck
