@@ -56,7 +56,7 @@ def test_the_prior_of_a_posterior_bottleneck_is_its_own(monkeypatch):
     from aeflax.parts.penalty.mmd import prior_codes
 
     cfg = make_cfg("bottleneck.kind=gaussian", "loss.name=elbo")
-    sevens = lambda self, key, n, b: jnp.full((n, 32), 7.0)  # noqa: E731
+    sevens = lambda self, key, n, b, model: jnp.full((n, 32), 7.0)  # noqa: E731
     monkeypatch.setattr(type(bottleneck_of(cfg)), "prior_sample", sevens)
     batch = Batch(None, None, None, jax.random.key(0), {"code": jnp.zeros((4, 32))}, cfg)
     assert float(jnp.min(prior_codes(batch, 4))) == 7.0

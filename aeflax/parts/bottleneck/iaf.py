@@ -74,6 +74,7 @@ class Fields(gaussian.Fields):
 
 class IAFPart(gaussian.GaussianPart):
     name = "iaf"
+    gaussian_posterior = False  # z_K after the flow is not the diagonal Gaussian of mean, logvar
     Fields = Fields
 
     def validate(self, cfg) -> None:

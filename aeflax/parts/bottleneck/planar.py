@@ -53,6 +53,7 @@ class Fields(gaussian.Fields):
 
 class PlanarPart(gaussian.GaussianPart):
     name = "planar"
+    gaussian_posterior = False  # z_K after the flow is not the diagonal Gaussian of mean, logvar
     Fields = Fields
 
     def validate(self, cfg) -> None:

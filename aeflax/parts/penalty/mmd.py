@@ -45,7 +45,7 @@ def prior_codes(batch, n: int):
     b = bottleneck_of(batch.cfg)
     key = jax.random.fold_in(batch.key, 1)  # independent of the posterior's draw (batch.key)
     if b.posterior:
-        return b.prior_sample(key, n, batch.cfg.bottleneck).reshape(n, -1)
+        return b.prior_sample(key, n, batch.cfg.bottleneck, batch.model).reshape(n, -1)
     code = batch.out["code"]
     return jax.random.normal(key, (n, code[0].size), code.dtype)
 
