@@ -17,7 +17,7 @@ from aeflax.parts.bottleneck.gaussian import importance_log_weights
 from experiments.schema import register
 
 CONF = Path(__file__).resolve().parent.parent / "conf"
-CONV = ["conv", "conv_vae", "conv_denoising", "vqvae", "vqvae_healthy"]
+CONV = ["conv", "conv_vae", "conv_denoising", "vqvae"]
 DENSE = ["denoising", "denoising_masking", "salt_pepper", "sparse", "sparse_kl", "k_sparse", "contractive",
          "weight_decay", "vae", "beta_vae", "vae_binarized", "iwae", "vamp", "vae_planar", "vae_iaf", "rae",
          "wae", "info_vae", "beta_tcvae", "dip_vae", "dip_vae_ii"]
