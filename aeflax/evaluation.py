@@ -350,10 +350,11 @@ def pictures(cfg, model, state, dataset, figdir: Path) -> dict[str, Path]:
     m = min(len(test), 2000)
     test_codes = encoder(model, cfg.train.eval_batch_size)(test.images[:m])
     z = sample_codes(cfg, model, test_codes, jax.random.fold_in(key, SAMPLE_STREAM), 16)
-    density = "Gaussian mixture" if cfg.eval.sampler == "gmm" else "Gaussian"
+    from aeflax.parts.eval.sampler import DESCRIPTION
+    density = DESCRIPTION[cfg.eval.sampler]
     paths["samples"] = figures.image_grid(np.asarray(model.decode(z)), figdir / "samples.png",
                                           "samples from the prior" if parts.bottleneck_of(cfg).posterior
-                                          else f"samples from a {density} fit to the test codes")
+                                          else f"samples from {density} fit to the test codes")
     paths["interpolation"] = figures.image_rows(
         interpolation_rows(model, test_codes, test.images[:m], test.labels[:m], dataset.class_names),
         figdir / "interpolation.png", "interpolation in code space between test images (ends)")

@@ -23,7 +23,7 @@ from aeflax import tracking
 from aeflax.flat import flatten
 from aeflax.tracking import RunLock
 
-HIGHER_IS_BETTER = ("psnr", "ssim", "accuracy", "auroc", "auc", "elbo", "usage")
+HIGHER_IS_BETTER = ("psnr", "ssim", "accuracy", "auroc", "auc", "elbo", "usage", "precision", "recall")
 BASIC_SWEEPER = "hydra._internal.core_plugins.basic_sweeper.BasicSweeper"
 
 
