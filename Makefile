@@ -22,8 +22,8 @@ train: $(VENV)/.installed  ## the default training run; pass Hydra overrides as 
 test: $(VENV)/.installed  ## the whole test suite, as CI runs it: no network, no GPU
 	$(PY) -m pytest -q $(ARGS)
 
-test-fast: $(VENV)/.installed  ## the tests not marked slow (no subprocess runs, kills, bench): under a minute
-	$(PY) -m pytest -q -m "not slow" $(ARGS)
+test-fast: $(VENV)/.installed  ## the tests not marked slow (no subprocess runs, kills, bench), 2 workers: under a minute
+	$(PY) -m pytest -q -m "not slow" -n 2 $(ARGS)
 
 lint: $(VENV)/.installed  ## ruff, as CI runs it
 	$(VENV)/bin/ruff check .
