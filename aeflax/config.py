@@ -14,6 +14,7 @@ vmap grouping and sweep directory names read the same function).
 from __future__ import annotations
 
 import dataclasses
+import functools
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
@@ -164,30 +165,28 @@ def validate(cfg: Any) -> None:
 
 # --- what each option does to a run, from the fields' metadata --------------------------
 
-def roles(cls: type = Config, prefix: str = "", section_role: str = NUMBERS) -> dict[str, str]:
-    """{dotted field: numbers | evaluation | record} for every leaf field of the config."""
-    out = {}
+def _leaves(cls: type, prefix: str = "", section_role: str = NUMBERS):
+    """(dotted name, field, role) of every leaf field under the dataclass `cls`."""
     for f in dataclasses.fields(cls):
         name = f"{prefix}{f.name}"
         role = parts.role_of(f, SECTION_ROLES.get(name, section_role))
         sub = f.default_factory if f.default_factory is not dataclasses.MISSING else None
         if dataclasses.is_dataclass(sub):
-            out.update(roles(sub, f"{name}.", role))
+            yield from _leaves(sub, f"{name}.", role)
         else:
-            out[name] = role
-    return out
+            yield name, f, role
 
 
-def traced_fields(cls: type = Config, prefix: str = "") -> tuple[str, ...]:
+@functools.cache
+def roles() -> dict[str, str]:
+    """{dotted field: numbers | evaluation | record} for every leaf field of the config."""
+    return {name: role for name, _, role in _leaves(Config)}
+
+
+@functools.cache
+def traced_fields() -> tuple[str, ...]:
     """Dotted names of the fields a compiled epoch reads as traced values (what a vmapped sweep varies)."""
-    out = []
-    for f in dataclasses.fields(cls):
-        sub = f.default_factory if f.default_factory is not dataclasses.MISSING else None
-        if dataclasses.is_dataclass(sub):
-            out += traced_fields(sub, f"{prefix}{f.name}.")
-        elif parts.hp_name(f):
-            out.append(f"{prefix}{f.name}")
-    return tuple(out)
+    return tuple(name for name, f, _ in _leaves(Config) if parts.hp_name(f))
 
 
 def as_dict(cfg: Any) -> dict:

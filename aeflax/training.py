@@ -81,10 +81,9 @@ def burda_schedule(steps_per_epoch: int, stages: int = 8):
 def hyperparameters(cfg, steps_per_epoch: int) -> dict[str, jax.Array]:
     """The scalar hyperparameters a compiled epoch reads, as float32 arrays: the optimizer's
     traced fields and those of every part the config switches on (aeflax.parts)."""
-    from aeflax.config import traced_fields
+    from aeflax.config import OptimizerConfig  # the config imports the parts, which import this module
 
-    values = {name.split(".", 1)[1]: getattr(cfg.optimizer, name.split(".", 1)[1])
-              for name in traced_fields() if name.startswith("optimizer.")}
+    values = parts.traced_values(OptimizerConfig, cfg.optimizer)
     values.update(parts.hyperparameters(cfg, steps_per_epoch))
     return {k: jnp.asarray(v, jnp.float32) for k, v in values.items()}
 

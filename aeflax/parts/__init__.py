@@ -26,6 +26,7 @@ import typing
 from typing import Any, ClassVar, Optional
 
 import jax
+import jax.numpy as jnp
 
 from aeflax.checks import ConfigError, check, one_of
 
@@ -58,6 +59,11 @@ def hp_name(f: dataclasses.Field) -> Optional[str]:
     return None if name is None else (f.name if name is True else name)
 
 
+def traced_values(fields: type, section) -> dict[str, Any]:
+    """{hp name: value} of the traced fields of the dataclass `fields`, read from a config section."""
+    return {hp_name(f): getattr(section, f.name) for f in dataclasses.fields(fields) if hp_name(f)}
+
+
 # --- the parts -------------------------------------------------------------------------
 
 class Part:
@@ -77,10 +83,7 @@ class Part:
 
     def hyperparameters(self, cfg, steps_per_epoch: int) -> dict[str, float]:
         """The traced values of an active part: its `traced(...)` fields by their hp names."""
-        if self.Fields is None:
-            return {}
-        section = getattr(cfg, self.axis)
-        return {hp_name(f): getattr(section, f.name) for f in dataclasses.fields(self.Fields) if hp_name(f)}
+        return traced_values(self.Fields, getattr(cfg, self.axis)) if self.Fields else {}
 
     def __repr__(self) -> str:
         return f"<{self.axis} part {self.name!r}>"
@@ -106,13 +109,21 @@ class Bottleneck(Part):
         """After `build`: give the module what only the whole model has (the VampPrior's prior
         encodes learned pseudo-inputs with the model's own encoder). By default nothing."""
 
+    def code_activation(self, cfg) -> Optional[str]:
+        """The activation that made the code, for its sparsity metrics (mean activation, active
+        fraction) in training and evaluation; None: the code has none."""
+        return None
+
     def train_terms(self, batch, hp) -> tuple[list, dict]:
         """(terms added to the loss in this order, scalar metrics) of the bottleneck's own objective."""
-        return [], {}
+        return [], {k: jnp.mean(v) for k, v in self.eval_terms(batch).items()}
 
     def eval_terms(self, batch) -> dict:
         """Per-image terms ([B] arrays) it adds to the evaluation of a split (traced values: batch.hp)."""
-        return {}
+        from aeflax.objectives import sparsity_metrics  # objectives imports this package
+
+        act = self.code_activation(batch.cfg)
+        return {} if act is None else sparsity_metrics(batch.out["code"], act)
 
     # with `posterior`:
     def kl(self, out):

@@ -10,7 +10,6 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from aeflax import objectives
 from aeflax.checks import check
 from aeflax.models.layers import dense
 from aeflax.parts import Bottleneck
@@ -45,12 +44,8 @@ class BinaryPart(Bottleneck):
     def build(self, b, in_features, map_channels, rngs, init):
         return Binary(in_features, b.code_size, rngs, init), b.code_size
 
-    def train_terms(self, batch, hp):
-        bits = objectives.sparsity_metrics(batch.out["code"], "sigmoid")  # active_fraction: the bits on
-        return [], {k: jnp.mean(v) for k, v in bits.items()}
-
-    def eval_terms(self, batch):
-        return objectives.sparsity_metrics(batch.out["code"], "sigmoid")
+    def code_activation(self, cfg):
+        return "sigmoid"  # active_fraction: the bits on
 
 
 PART = BinaryPart()

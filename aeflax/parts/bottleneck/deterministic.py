@@ -8,7 +8,6 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from aeflax import objectives
 from aeflax.checks import check, one_of
 from aeflax.models.layers import ACTIVATIONS, activation, dense
 from aeflax.parts import Bottleneck
@@ -65,12 +64,8 @@ class DeterministicPart(Bottleneck):
     def build(self, b, in_features, map_channels, rngs, init):
         return Deterministic(in_features, b.code_size, b.activation, b.top_k, rngs, init), b.code_size
 
-    def train_terms(self, batch, hp):
-        sparsity = objectives.sparsity_metrics(batch.out["code"], batch.cfg.bottleneck.activation)
-        return [], {k: jnp.mean(v) for k, v in sparsity.items()}
-
-    def eval_terms(self, batch):
-        return objectives.sparsity_metrics(batch.out["code"], batch.cfg.bottleneck.activation)
+    def code_activation(self, cfg):
+        return cfg.bottleneck.activation
 
 
 PART = DeterministicPart()

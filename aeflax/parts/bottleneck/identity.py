@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import jax.numpy as jnp
 from flax import nnx
 
-from aeflax import objectives
 from aeflax.checks import check
 from aeflax.parts import Bottleneck
 
@@ -31,12 +29,8 @@ class IdentityPart(Bottleneck):
     def build(self, b, in_features, map_channels, rngs, init):
         return Identity(), 0
 
-    def train_terms(self, batch, hp):
-        sparsity = objectives.sparsity_metrics(batch.out["code"], batch.cfg.model.activation)
-        return [], {k: jnp.mean(v) for k, v in sparsity.items()}
-
-    def eval_terms(self, batch):
-        return objectives.sparsity_metrics(batch.out["code"], batch.cfg.model.activation)
+    def code_activation(self, cfg):
+        return cfg.model.activation
 
 
 PART = IdentityPart()
