@@ -30,7 +30,7 @@ class GaussianNoise(Noise):
     def validate(self, cfg) -> None:
         n = cfg.noise
         check(n.std >= 0, f"noise.std={n.std} must be >= 0")
-        check(not self.active(cfg) or n.std > 0, "noise.kind=gaussian needs noise.std > 0")
+        check(not self.active(cfg) or n.std > 0, f"noise.kind={n.kind} needs noise.std > 0")
 
     def corrupt(self, key, x, level):
         return gaussian(key, x, level)
