@@ -21,10 +21,10 @@ import yaml
 
 from aeflax import tracking
 from aeflax.flat import flatten
+from aeflax.sweep_plan import BASIC_SWEEPER, planned_values  # noqa: F401 - part of this module's API
 from aeflax.tracking import RunLock
 
 HIGHER_IS_BETTER = ("psnr", "ssim", "accuracy", "auroc", "auc", "elbo", "usage", "precision", "recall")
-BASIC_SWEEPER = "hydra._internal.core_plugins.basic_sweeper.BasicSweeper"
 
 
 class TableError(ValueError):
@@ -109,29 +109,6 @@ def _record(config: dict, summary: Optional[dict], overrides: Sequence[str], run
 
 def _is_number(value) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
-def planned_values(sweep_dir: str | Path) -> dict[str, list]:
-    """The values each swept key takes in a basic-sweeper multirun (its multirun.yaml)."""
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-    from hydra.core.override_parser.types import Transformer
-
-    path = Path(sweep_dir) / "multirun.yaml"
-    if not path.exists():
-        return {}
-    hydra_cfg = (yaml.safe_load(path.read_text()) or {}).get("hydra", {})
-    sweeper = hydra_cfg.get("sweeper") or {}
-    if sweeper.get("_target_") != BASIC_SWEEPER:
-        return {}  # a search (Optuna) plans no grid
-    lines = [f"{k}={v}" for k, v in (sweeper.get("params") or {}).items()]
-    lines += hydra_cfg.get("overrides", {}).get("task", [])
-    planned = {}
-    for override in OverridesParser.create().parse_overrides(lines):
-        if override.is_sweep_override() and override.is_discrete_sweep():
-            planned[override.key_or_group] = list(override.sweep_iterator(transformer=Transformer.identity))
-        elif not override.is_sweep_override():
-            planned.pop(override.key_or_group, None)  # the command line fixed a swept key
-    return planned
 
 
 def load_runs(paths: Sequence[str | Path]) -> pd.DataFrame:

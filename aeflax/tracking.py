@@ -217,7 +217,7 @@ def _short(key: str) -> str:
 
 def swept_keys(sweep_dir: Path) -> list[str]:
     """The keys a multirun varies (its multirun.yaml), or none."""
-    from aeflax.tables import planned_values
+    from aeflax.sweep_plan import planned_values
 
     try:
         return list(planned_values(sweep_dir))
