@@ -322,16 +322,29 @@ def _train(cfg, dataset, workdir: Path, record: Optional[RunRecord], tracker: Op
     return summary
 
 
-def check_writable(workdir: Path) -> None:
-    """Fail before any work when the run directory cannot be created or written."""
+def unwritable(path: Path) -> Optional[str]:
+    """Why `path` cannot be created and written into, or None (then it exists)."""
+    for parent in (path, *path.parents):
+        if parent.exists():
+            if not parent.is_dir():
+                return f"{parent} is not a directory"
+            break
     try:
-        workdir.mkdir(parents=True, exist_ok=True)
-        probe = workdir / f".write-test-{os.getpid()}"
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / f".write-test-{os.getpid()}"
         probe.write_text("")
         probe.unlink()
     except OSError as err:
-        raise ConfigError(f"output directory {workdir} cannot be created or written ({err.strerror or err}); "
-                          "choose another one (hydra.run.dir=... or hydra.sweep.dir=...)") from None
+        return err.strerror or str(err)
+    return None
+
+
+def check_writable(workdir: Path) -> None:
+    """Fail before any work when the run directory cannot be created or written."""
+    problem = unwritable(workdir)
+    if problem:
+        raise ConfigError(f"output directory {workdir} cannot be created or written ({problem}); "
+                          "choose another one (hydra.run.dir=... or hydra.sweep.dir=...)")
 
 
 def clear(workdir: Path) -> None:

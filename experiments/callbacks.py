@@ -8,13 +8,14 @@ and exit code 1.
 
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
+
+from aeflax.run import unwritable
 
 
 class CheckOutputDir(Callback):
@@ -23,23 +24,6 @@ class CheckOutputDir(Callback):
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         _exit_if_unwritable(Path(config.hydra.sweep.dir), "hydra.sweep.dir")
-
-
-def unwritable(path: Path) -> Optional[str]:
-    """Why `path` cannot be created and written into, or None (then it exists)."""
-    for parent in (path, *path.parents):
-        if parent.exists():
-            if not parent.is_dir():
-                return f"{parent} is not a directory"
-            break
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-        probe = path / f".write-test-{os.getpid()}"
-        probe.write_text("")
-        probe.unlink()
-    except OSError as err:
-        return err.strerror or str(err)
-    return None
 
 
 def _exit_if_unwritable(path: Path, key: str) -> None:
