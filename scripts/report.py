@@ -41,6 +41,16 @@ class Study:
     extra_metrics: list[str] = field(default_factory=list)
     not_run: str = ""  # why the study has no runs here
     compare_row: Optional[tuple] = None  # the row the published number is for (e.g. class 0)
+    reference: Optional["Reference"] = None  # the published code's own runs, seeded, on our data
+
+
+@dataclass
+class Reference:
+    """Runs of the reference's own code (each `<results>/seed=<s>/summary.json`), so a study
+    shows both spreads over seeds and whether the gap between the means is more than noise."""
+    results: str  # under results/
+    label: str
+    command: str
 
 
 STUDIES = [
@@ -49,8 +59,11 @@ STUDIES = [
           "hydra.sweep.dir=results/repro_tf_dense", quantity="test MSE"),
     Study("tf_conv_denoising", "TF tutorial: conv denoising AE (noise 0.2)", "repro_tf_conv_denoising",
           "test/mse", "≈ 0.0068", 0.0068,
-          "python experiments/train.py -m experiment=repro_tf_conv_denoising seed=0,1,2 "
-          "hydra.sweep.dir=results/repro_tf_conv_denoising", quantity="test MSE (noisy in, clean target)"),
+          "python experiments/train.py -m experiment=repro_tf_conv_denoising seed=0,1,2,3,4 "
+          "hydra.sweep.dir=results/repro_tf_conv_denoising", quantity="test MSE (noisy in, clean target)",
+          reference=Reference("keras_tf_conv_denoising", "the tutorial's Keras code on TensorFlow",
+                              "python experiments/tf_conv_denoising/keras_reference.py --seeds 0 1 2 3 4 "
+                              "--out results/keras_tf_conv_denoising")),
     Study("exemplar_vae", "Exemplar VAE, Table 1: VAE, Gaussian prior, dyn. binarized Fashion-MNIST",
           "repro_exemplar_vae_cpu", "test/nll_k5000", "−228.70 ± 0.15", -228.70,
           "python experiments/train.py -m experiment=repro_exemplar_vae_cpu seed=0 "
@@ -169,10 +182,47 @@ def study_block(study: Study) -> str:
         lines.append("| " + " | ".join(cells) + " |")
     lines += ["", f"mean ± std (n runs) over seeds; {n_runs} finished runs; per run on average "
               f"{timing['time/epoch_seconds']:.1f} s per epoch and {timing['wall_seconds']:.0f} s wall "
-              f"(start-up, training, evaluation), on {machine()}.", "",
-              f"Command: `{study.command}`, then `python scripts/report.py`.",
-              "", END]
+              f"(start-up, training, evaluation), on {machine()}.", ""]
+    if study.reference is not None:
+        lines += reference_lines(study)
+    lines += [f"Command: `{study.command}`, then `python scripts/report.py`.", "", END]
     return "\n".join(lines)
+
+
+def seed_values(results: Path, metric: str) -> list[float]:
+    """The metric of every finished run under `results`, in seed order."""
+    runs = tables.load([results])
+    runs = runs[(runs["status"] == "finished") & runs[metric].notna()] if metric in runs else runs.iloc[:0]
+    return [float(v) for v in runs.sort_values("run")[metric]]
+
+
+def reference_lines(study: Study) -> list[str]:
+    """Ours and the reference's code side by side: every seed's value, mean ± std, Welch's t-test."""
+    from scipy import stats
+
+    ref = study.reference
+    path = ROOT / "results" / ref.results
+    if not path.exists():
+        return [f"The reference ({ref.label}): not run yet; `{ref.command}`.", ""]
+    theirs, mine = seed_values(path, study.metric), seed_values(ROOT / "results" / study.results, study.metric)
+    timing = [json.loads(p.read_text()) for p in path.rglob("summary.json")]
+    per_epoch = sum(t.get("time/epoch_seconds", 0) for t in timing) / max(1, len(timing))
+
+    def spread(values):
+        mean = sum(values) / len(values)
+        std = (sum((v - mean) ** 2 for v in values) / (len(values) - 1)) ** 0.5 if len(values) > 1 else 0.0
+        return f"{fmt(mean)} ± {fmt(std, 2)} (n={len(values)})"
+
+    lines = ["| code | " + study.metric + " per seed | mean ± std |", "|---|---|---|"]
+    for name, values in (("aeflax", mine), (ref.label, theirs)):
+        if values:
+            lines.append(f"| {name} | {', '.join(fmt(v) for v in values)} | {spread(values)} |")
+    if len(mine) > 1 and len(theirs) > 1:
+        t = stats.ttest_ind(mine, theirs, equal_var=False)
+        lines += ["", f"Welch's t-test, aeflax vs {ref.label}: t = {t.statistic:.2f}, p = {t.pvalue:.3g} "
+                  f"(p < 0.05: the means differ by more than seed noise). The reference ran "
+                  f"{per_epoch:.1f} s per epoch on the same machine; its command: `{ref.command}`."]
+    return [*lines, ""]
 
 
 def replace_block(path: Path, block: str) -> None:
