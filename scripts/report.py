@@ -41,7 +41,7 @@ class Study:
     extra_metrics: list[str] = field(default_factory=list)
     not_run: str = ""  # why the study has no runs here
     compare_row: Optional[tuple] = None  # the row the published number is for (e.g. class 0)
-    reference: Optional["Reference"] = None  # the published code's own runs, seeded, on our data
+    reference: Optional[Reference] = None  # the published code's own runs, seeded, on our data
 
 
 @dataclass
@@ -204,7 +204,8 @@ def reference_lines(study: Study) -> list[str]:
     path = ROOT / "results" / ref.results
     if not path.exists():
         return [f"The reference ({ref.label}): not run yet; `{ref.command}`.", ""]
-    theirs, mine = seed_values(path, study.metric), seed_values(ROOT / "results" / study.results, study.metric)
+    theirs = seed_values(path, study.metric)
+    mine = seed_values(ROOT / "results" / study.results, study.metric)
     timing = [json.loads(p.read_text()) for p in path.rglob("summary.json")]
     per_epoch = sum(t.get("time/epoch_seconds", 0) for t in timing) / max(1, len(timing))
 
