@@ -28,6 +28,9 @@ if TYPE_CHECKING:
 
 DIRNAME = "checkpoints"
 DIGESTS = "checkpoint_digests.json"  # beside checkpoints/: {epoch: sha256 of its files}
+# Under early stopping, the best epoch's state so far, saved with each regular checkpoint: a
+# resumed run keeps the best epoch from before the interruption (deleted when the run ends).
+BEST_DIRNAME = "checkpoints_best"
 
 
 class CheckpointError(RuntimeError):
@@ -37,8 +40,8 @@ class CheckpointError(RuntimeError):
 FRESH_HINT = "run again with fresh=true to start over (this deletes the run's checkpoints)"
 
 
-def manager(run_dir: str | Path, max_to_keep: int = 2) -> ocp.CheckpointManager:
-    path = (Path(run_dir) / DIRNAME).absolute()
+def manager(run_dir: str | Path, max_to_keep: int = 2, dirname: str = DIRNAME) -> ocp.CheckpointManager:
+    path = (Path(run_dir) / dirname).absolute()
     if path.exists() and not path.is_dir():
         raise CheckpointError(f"{path} is not a directory; {FRESH_HINT}")
     options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True, cleanup_tmp_directories=True,
@@ -60,7 +63,7 @@ def save(mgr: ocp.CheckpointManager, epoch: int, state: TrainState) -> None:
     digests = _read_digests(mgr)
     digests = {k: v for k, v in digests.items() if int(k) in mgr.all_steps()}  # drop the deleted ones
     digests[str(epoch)] = _digest(Path(mgr.directory) / str(epoch))
-    path = Path(mgr.directory).parent / DIGESTS
+    path = digests_path(mgr)
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(digests, indent=1, sort_keys=True))
     os.replace(tmp, path)
@@ -103,6 +106,23 @@ def restore(mgr: ocp.CheckpointManager, target: TrainState, epoch: Optional[int]
                               f"{FRESH_HINT}") from None
 
 
+def digests_path(mgr: ocp.CheckpointManager) -> Path:
+    """The digest file beside the manager's directory (checkpoint_digests.json for checkpoints/)."""
+    directory = Path(mgr.directory)
+    name = DIGESTS if directory.name == DIRNAME else f"{directory.name}_digests.json"
+    return directory.parent / name
+
+
+def remove(run_dir: str | Path, dirname: str) -> None:
+    """Delete a checkpoint directory and its digest file."""
+    import shutil
+
+    directory = Path(run_dir) / dirname
+    shutil.rmtree(directory, ignore_errors=True)
+    name = DIGESTS if dirname == DIRNAME else f"{dirname}_digests.json"
+    (Path(run_dir) / name).unlink(missing_ok=True)
+
+
 def _digest(step_dir: Path) -> str:
     """sha256 over the relative paths and contents of every file of a checkpoint."""
     h = hashlib.sha256()
@@ -117,7 +137,7 @@ def _digest(step_dir: Path) -> str:
 def _read_digests(mgr: ocp.CheckpointManager) -> dict:
     """{epoch: digest}; {} before the first save. A damaged file is one clear error: without it
     the checkpoints cannot be checked, and it is never silently replaced."""
-    path = Path(mgr.directory).parent / DIGESTS
+    path = digests_path(mgr)
     if not path.exists():
         return {}
     try:

@@ -251,6 +251,7 @@ def _train(cfg, dataset, workdir: Path, record: Optional[RunRecord], tracker: Op
 
     Without a record (a process other than 0) only the training and the checkpoints are done."""
     import jax  # JAX and Orbax load only now, so that bad input fails in a second, before them
+    import jax.numpy as jnp
     import numpy as np
 
     from aeflax import checkpoint, evaluation, training
@@ -268,18 +269,34 @@ def _train(cfg, dataset, workdir: Path, record: Optional[RunRecord], tracker: Op
         state = checkpoint.restore(mgr, state, last)
         summary["resumed_from_epoch"] = last
         log.info("resuming %s from the checkpoint of epoch %d", workdir, last)
-    earlier = []
     if primary:
         record.truncate_after(last or 0)  # points logged after the checkpoint are logged again
         tracker.continue_from(read_metrics(workdir))  # offline: one W&B folder per run, resumed or not
         write_json_atomic(workdir / SETTINGS, settings(cfg))  # from now on the directory holds this run
-        earlier = [p for p in read_metrics(workdir) if "epoch_seconds" in p]  # fit's points before it
+    # fit's points before the checkpoint (every process reads them: early stopping continues from them)
+    earlier = [p for p in read_metrics(workdir) if "epoch_seconds" in p and p["epoch"] <= (last or 0)] \
+        if last else []
+    patience = cfg.train.early_stopping_patience
+    best_mgr = checkpoint.manager(workdir, 1, checkpoint.BEST_DIRNAME) if patience else None
+    stopper = training.EarlyStopping(patience, f"{dataset.eval_split[0]}/loss", last or 0)
+
+    def state_of(epoch):  # a copy: fit donates the state it starts from
+        return jax.tree.map(jnp.copy, state) if epoch == last else checkpoint.restore(best_mgr, state, epoch)
+
+    if last and patience:
+        stopper.resume(earlier, state_of)
     summary["time/startup_seconds"] = time.time() - started
 
     # a member of a vmapped sweep group replays epochs trained already: only its last checkpoint
     # is worth the write (a crash during the replay, about a second, retrains that run alone)
     replaying = trained is not None and last is None
     done = {"epoch": last or 0, "state": None}  # the last finished epoch, saved on a stop signal
+
+    def save(epoch, state):
+        checkpoint.save(mgr, epoch, state)
+        best = stopper.best_state
+        if best_mgr is not None and best is not None and stopper.best_epoch not in best_mgr.all_steps():
+            checkpoint.save(best_mgr, stopper.best_epoch, best)
 
     def on_epoch(epoch, metrics, state):
         if primary:
@@ -288,18 +305,20 @@ def _train(cfg, dataset, workdir: Path, record: Optional[RunRecord], tracker: Op
         every = cfg.train.checkpoint_every
         due = epoch == cfg.train.epochs or (every and epoch % every == 0 and not replaying)
         if state is not None and due:
-            checkpoint.save(mgr, epoch, state)
+            save(epoch, state)
         done.update(epoch=epoch, state=state)
 
     if primary and cfg.eval.figures:  # matplotlib (about 0.9 s) loads beside the training, not after it
         threading.Thread(target=importlib.import_module, args=("aeflax.figures",), daemon=True).start()
     result = training.fit(cfg, dataset, state=state, graphdef=graphdef, on_epoch=on_epoch, progress=progress,
-                          trained=trained, stop=signals.agreed)
+                          trained=trained, stop=signals.agreed, stopper=stopper)
     if signals.stopped:
         if done["state"] is not None and done["epoch"] not in mgr.all_steps():
-            checkpoint.save(mgr, done["epoch"], done["state"])
+            save(done["epoch"], done["state"])
         raise Interrupted(signals.name, done["epoch"], workdir)
     checkpoint.save_final(mgr, result.state)  # the kept state (the best epoch's after early stopping)
+    if best_mgr is not None and jax.process_index() == 0:
+        checkpoint.remove(workdir, checkpoint.BEST_DIRNAME)  # the last checkpoint is the kept state now
     if not primary:
         return {"status": "finished", "process": jax.process_index()}
     result.state = parallel.local_copy(result.state)  # several processes: process 0 evaluates alone
@@ -351,9 +370,10 @@ def clear(workdir: Path) -> None:
     """fresh=true: delete the checkpoints, the record and the figures of an earlier run."""
     from aeflax import checkpoint
 
-    shutil.rmtree(workdir / checkpoint.DIRNAME, ignore_errors=True)
+    checkpoint.remove(workdir, checkpoint.DIRNAME)
+    checkpoint.remove(workdir, checkpoint.BEST_DIRNAME)
     shutil.rmtree(workdir / "figures", ignore_errors=True)
-    for name in (SUMMARY, METRICS, SETTINGS, checkpoint.DIGESTS):
+    for name in (SUMMARY, METRICS, SETTINGS):
         (workdir / name).unlink(missing_ok=True)
 
 

@@ -239,7 +239,7 @@ class FitResult:
 def fit(cfg, dataset, *, state: Optional[TrainState] = None, graphdef=None,
         on_epoch: Optional[Callable[[int, Metrics, Optional[TrainState]], None]] = None,
         progress: bool = True, trained: Optional[Trained] = None,
-        stop: Optional[Callable[[], bool]] = None) -> FitResult:
+        stop: Optional[Callable[[], bool]] = None, stopper: Optional[EarlyStopping] = None) -> FitResult:
     """Train for cfg.train.epochs (continuing from `state` if given), evaluating each epoch.
 
     `on_epoch(epoch, metrics, state)` is called after every epoch (logging, checkpoints).
@@ -248,6 +248,8 @@ def fit(cfg, dataset, *, state: Optional[TrainState] = None, graphdef=None,
     `trained`: this run's result from a vmapped sweep group (vmap_sweep.train_group); a run
     that starts fresh replays it instead of training (a resumed one trains on by itself).
     `stop()`, asked before each epoch, ends training early when true (a signal: aeflax.run).
+    `stopper`: the early stopping to continue (a resumed run's, see EarlyStopping.resume); it
+    has seen the epoch when `on_epoch` is called, so a checkpoint can save its best state.
     Raises NonFiniteLoss when a training or evaluation metric is not finite.
     """
     if trained is not None and (state is None or int(state.epoch) == 0):
@@ -267,7 +269,8 @@ def fit(cfg, dataset, *, state: Optional[TrainState] = None, graphdef=None,
 
     history: list[Metrics] = []
     start = int(state.epoch)
-    stopper = EarlyStopping(cfg.train.early_stopping_patience, f"{eval_name}/loss", start)
+    if stopper is None:
+        stopper = EarlyStopping(cfg.train.early_stopping_patience, f"{eval_name}/loss", start)
     bar = _progress(range(start, cfg.train.epochs), progress, initial=start, total=cfg.train.epochs)
     for epoch in bar:
         if stop is not None and stop():
@@ -281,9 +284,10 @@ def fit(cfg, dataset, *, state: Optional[TrainState] = None, graphdef=None,
         if hasattr(bar, "set_postfix"):
             bar.set_postfix({"loss": f"{metrics['train/loss']:.4g}",
                              f"{eval_name}/loss": f"{metrics[f'{eval_name}/loss']:.4g}"})
+        done = stopper.should_stop(metrics, state)
         if on_epoch is not None:
             on_epoch(epoch + 1, metrics, state)
-        if stopper.should_stop(metrics, state):
+        if done:
             break
     return FitResult(graphdef, stopper.best_state or state, history)
 
@@ -295,6 +299,16 @@ class EarlyStopping:
     def __init__(self, patience: int, metric: str, start_epoch: int = 0):
         self.patience, self.metric = patience, metric
         self.best_loss, self.best_epoch, self.best_state = math.inf, start_epoch, None
+
+    def resume(self, history: list[Metrics], best_state: Callable[[int], TrainState]) -> EarlyStopping:
+        """Continue after a restart: the best of the epochs in `history` (the records before
+        it) and `best_state(epoch)`, that epoch's state, so the run stops and keeps what an
+        uninterrupted one would."""
+        if self.patience and history:
+            best = min(history, key=lambda h: h[self.metric])  # the first of equal losses, as should_stop
+            self.best_loss, self.best_epoch = best[self.metric], best["epoch"]
+            self.best_state = best_state(self.best_epoch)
+        return self
 
     def should_stop(self, metrics: Metrics, state: TrainState) -> bool:
         if not self.patience:

@@ -53,3 +53,46 @@ def test_an_early_stopped_run_records_and_keeps_the_best_epoch(tmp_path):
     best = min(val, key=val.get)
     assert len(val) < 12 and summary["epochs"] == best and summary["val/loss"] == val[best]
     assert checkpoint.latest_epoch(checkpoint.manager(tmp_path)) == best  # what load_run restores
+
+
+@pytest.mark.slow
+def test_an_early_stopped_run_interrupted_after_its_best_epoch_resumes_the_same(tmp_path, monkeypatch):
+    """The best epoch before an interruption is kept (checkpoints_best/) and the patience count
+    continues: the resumed run stops at the same epoch with the same state as an uninterrupted one."""
+    import json
+    import signal
+
+    from aeflax import checkpoint, run
+    from aeflax.run import Interrupted, train_and_evaluate
+
+    overrides = ("train.epochs=12", "train.batch_size=32", "data.val_size=500", "data.train_limit=1500",
+                 "data.test_limit=200", "train.early_stopping_patience=2", "optimizer.learning_rate=0.05",
+                 "eval.figures=false")
+    reference = train_and_evaluate(make_cfg(*overrides), tmp_path / "uninterrupted", progress=False)
+    best = reference["epochs"]
+    assert 1 <= best <= 9  # stopped before train.epochs: the interruption below falls after the best epoch
+
+    calls = {"n": 0}
+
+    def agreed(self):  # SIGTERM arrives before epoch best + 2: epochs 1 .. best + 1 are done
+        calls["n"] += 1
+        if calls["n"] == best + 2:
+            self.signum = signal.SIGTERM
+        self.stopped = self.signum is not None
+        return self.stopped
+
+    run_dir = tmp_path / "interrupted"
+    monkeypatch.setattr(run.StopSignals, "agreed", agreed)
+    with pytest.raises(Interrupted):
+        train_and_evaluate(make_cfg(*overrides), run_dir, progress=False)
+    assert (run_dir / checkpoint.BEST_DIRNAME / str(best)).is_dir()
+    monkeypatch.undo()
+
+    resumed = train_and_evaluate(make_cfg(*overrides), run_dir, progress=False)
+    assert resumed["resumed_from_epoch"] == best + 1
+    keep = lambda s: {k: v for k, v in s.items() if "/" in k and "seconds" not in k}  # noqa: E731
+    assert keep(resumed) == keep(reference) and resumed["epochs"] == best  # bit-identical on CPU
+    points = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [p["epoch"] for p in points if "train/loss" in p] == list(range(1, best + 3))
+    assert checkpoint.latest_epoch(checkpoint.manager(run_dir)) == best
+    assert not (run_dir / checkpoint.BEST_DIRNAME).exists()
