@@ -24,7 +24,7 @@ import optax
 from flax import nnx, struct
 
 from aeflax import objectives, parallel, parts
-from aeflax.models import Autoencoder, build
+from aeflax.models import OWNED, Autoencoder, build
 
 Metrics = dict[str, float]
 
@@ -45,11 +45,55 @@ class TrainState:
 
 # --- building --------------------------------------------------------------------------
 
+MODEL = "model"  # the optimizer's label of the autoencoder's parameters (a part's own: the part's name)
+
+
+def owning_parts(cfg) -> list:
+    """The active parts that train a module of their own (parts.Penalty.owns_module)."""
+    return [p for p in parts.active(cfg, "penalty") if p.owns_module]
+
+
 def make_model(cfg, image_shape, seed: int) -> Autoencoder:
-    return build(cfg.model, cfg.bottleneck, tuple(image_shape), nnx.Rngs(params=seed))
+    """The autoencoder, then the modules its parts own under `model.owned` (built after it, so the
+    autoencoder's initial values are those of the same config without them)."""
+    rngs = nnx.Rngs(params=seed)
+    model = build(cfg.model, cfg.bottleneck, tuple(image_shape), rngs)
+    owners = owning_parts(cfg)
+    if owners:
+        setattr(model, OWNED, nnx.Dict({p.name: p.module(cfg, rngs) for p in owners}))
+    return model
+
+
+def param_labels(params):
+    """Each parameter's optimizer: the owning part's name under `owned`, else MODEL."""
+    return jax.tree_util.tree_map_with_path(lambda path, _: path[1].key if path[0].key == OWNED else MODEL,
+                                            params)
 
 
 def make_optimizer(cfg, steps_per_epoch: int) -> optax.GradientTransformation:
+    """The model's optimizer (`model_direction`); with parts that own a module, each such module's
+    parameters get that part's optimizer instead (optax.multi_transform over `param_labels`).
+    Without them the optimizer and its state are the model's alone, as before there were any."""
+    tx = model_direction(cfg, steps_per_epoch)
+    owners = owning_parts(cfg)
+    if not owners:
+        return tx
+    return optax.multi_transform({MODEL: tx, **{p.name: p.optimizer(cfg) for p in owners}}, param_labels)
+
+
+def apply_updates(params, updates, hp, owned: bool):
+    """The model's parameters take -lr (u + wd p) with the traced learning rate and decoupled weight
+    decay; a part's own parameters (`owned`: there are some) take their optimizer's update as it is."""
+    def model_step(p, u):
+        return p - hp["learning_rate"] * (u + hp["weight_decay"] * p)
+
+    if not owned:
+        return jax.tree.map(model_step, params, updates)
+    return jax.tree.map(lambda p, u, label: model_step(p, u) if label == MODEL else p + u,
+                        params, updates, param_labels(params))
+
+
+def model_direction(cfg, steps_per_epoch: int) -> optax.GradientTransformation:
     """The optimizer's direction with unit learning rate; the step scales it by hp['learning_rate'].
 
     Keeping the learning rate (and decoupled weight decay) out of the optax chain makes them
@@ -148,6 +192,7 @@ def make_train_epoch(graphdef, cfg, num_train: int, batch_sharding=None) -> Call
     batch_size = min(cfg.train.batch_size, num_train)
     n_steps = steps_per_epoch(num_train, batch_size)
     tx = make_optimizer(cfg, n_steps)
+    owned = bool(owning_parts(cfg))
 
     def loss_fn(params, other, x_in, x, key, hp, step):
         model = nnx.merge(graphdef, params, other, copy=True)  # fresh variables: EMA updates under grad
@@ -165,8 +210,7 @@ def make_train_epoch(graphdef, cfg, num_train: int, batch_sharding=None) -> Call
         grads, (metrics, other) = jax.grad(loss_fn, has_aux=True)(
             state.params, state.other, x_in, x, k_loss, hp, state.step)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
-        lr = hp["learning_rate"]
-        params = jax.tree.map(lambda p, u: p - lr * (u + hp["weight_decay"] * p), state.params, updates)
+        params = apply_updates(state.params, updates, hp, owned)
         state = state.replace(params=params, other=other, opt_state=opt_state, step=state.step + 1)
         return state, metrics
 

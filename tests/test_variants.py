@@ -20,7 +20,7 @@ CONF = Path(__file__).resolve().parent.parent / "conf"
 CONV = ["conv", "conv_vae", "conv_denoising", "vqvae"]
 DENSE = ["denoising", "denoising_masking", "salt_pepper", "sparse", "sparse_kl", "k_sparse", "contractive",
          "weight_decay", "vae", "beta_vae", "vae_binarized", "iwae", "vamp", "vae_planar", "vae_iaf", "rae",
-         "wae", "info_vae", "beta_tcvae", "dip_vae", "dip_vae_ii"]
+         "wae", "info_vae", "beta_tcvae", "dip_vae", "dip_vae_ii", "factor_vae"]
 # make test-fast trains two dense variants (an activity and a Jacobian penalty); the rest are slow
 SLOW = set(DENSE + CONV) - {"sparse", "contractive"}
 
@@ -92,6 +92,8 @@ def test_variant_composes_and_its_loss_falls(name):
         assert last["train/mean_activation"] < 0.45
     if cfg.penalty.contractive:
         assert 0 < last["train/contractive"] < first["train/contractive"]
+    if cfg.penalty.factor_gamma:  # the discriminator learns to tell codes from permuted codes
+        assert last["train/factor_disc_loss"] < math.log(2) and last["train/factor_disc_accuracy"] > 0.6
 
 
 @pytest.mark.slow  # trains the VAE
@@ -153,6 +155,7 @@ GOOD = [
     ["experiment=vae", "loss.warmup_epochs=5", "data.binarize=static", "penalty=weight_l2"],
     ["experiment=k_sparse", "noise=gaussian", "optimizer=adamw"],
     ["experiment=vae", "penalty=contractive", "noise=masking"],
+    ["variant=factor_vae", "bottleneck=vamp", "penalty.l2_weight=0.001", "optimizer=adamw"],
 ]
 
 

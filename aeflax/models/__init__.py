@@ -5,11 +5,11 @@ from __future__ import annotations
 from flax import nnx
 
 from aeflax import parts
-from aeflax.models.autoencoder import Autoencoder
+from aeflax.models.autoencoder import OWNED, Autoencoder
 from aeflax.models.conv import ConvDecoder, ConvEncoder
 from aeflax.models.dense import DenseDecoder, DenseEncoder
 
-__all__ = ["Autoencoder", "build"]
+__all__ = ["OWNED", "Autoencoder", "build"]
 
 
 def build(model_cfg, bottleneck_cfg, image_shape, rngs: nnx.Rngs) -> Autoencoder:

@@ -7,6 +7,10 @@ from flax import nnx
 
 from aeflax.models.layers import activation
 
+# the attribute holding the modules that parts own (an nnx.Dict by part name; training.make_model adds
+# it only when there are some): trained beside the model, each by its part's own optimizer
+OWNED = "owned"
+
 
 class Autoencoder(nnx.Module):
     """Any variant is this one module with different parts.

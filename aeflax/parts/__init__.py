@@ -184,6 +184,7 @@ class Penalty(Part):
 
     axis = "penalty"
     weights: ClassVar[tuple[str, ...]] = ()  # the fields whose > 0 switches it on
+    owns_module: ClassVar[bool] = False  # trains a module of its own beside the model (`module`, `optimizer`)
 
     def active(self, cfg) -> bool:
         return any(getattr(cfg.penalty, w) > 0 for w in self.weights)
@@ -196,6 +197,18 @@ class Penalty(Part):
 
     def train_terms(self, batch, hp) -> tuple[list, dict]:
         """(terms added to the loss in this order, scalar metrics)."""
+        raise NotImplementedError
+
+    # with `owns_module`:
+    def module(self, cfg, rngs):
+        """The part's own nnx module (FactorVAE's discriminator), built after the model and held at
+        `model.owned[<part name>]`: its parameters are checkpointed, resumed and vmapped with the
+        model's, and only `optimizer` trains them."""
+        raise NotImplementedError
+
+    def optimizer(self, cfg):
+        """The optax transform of the module's parameters, giving the whole update (its own learning
+        rate): the model's traced learning rate and weight decay do not reach them."""
         raise NotImplementedError
 
 

@@ -8,13 +8,15 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from aeflax.models import OWNED
 from aeflax.parts import Penalty, traced
 
 
 def kernel_norms(model):
-    """(sum |w|, sum w^2) over every kernel (weights, not biases or codebooks) of the model."""
+    """(sum |w|, sum w^2) over every kernel (weights, not biases or codebooks) of the autoencoder; the
+    modules parts own (model.owned: FactorVAE's discriminator) have their own objective and optimizer."""
     leaves = [leaf for path, leaf in jax.tree_util.tree_leaves_with_path(nnx.state(model, nnx.Param))
-              if "kernel" in jax.tree_util.keystr(path)]
+              if "kernel" in jax.tree_util.keystr(path) and path[0].key != OWNED]
     return sum(jnp.sum(jnp.abs(w)) for w in leaves), sum(jnp.sum(w**2) for w in leaves)
 
 
