@@ -20,7 +20,8 @@ CONF = Path(__file__).resolve().parent.parent / "conf"
 CONV = ["conv", "conv_vae", "conv_denoising", "vqvae"]
 DENSE = ["denoising", "denoising_masking", "salt_pepper", "sparse", "sparse_kl", "k_sparse", "contractive",
          "weight_decay", "vae", "beta_vae", "vae_binarized", "iwae", "vamp", "vae_planar", "vae_iaf", "rae",
-         "wae", "info_vae", "beta_tcvae", "dip_vae", "dip_vae_ii", "factor_vae"]
+         "wae", "info_vae", "beta_tcvae", "dip_vae", "dip_vae_ii", "factor_vae",
+         "hvae", "hvae_vamp", "rae_gp"]
 # make test-fast trains two dense variants (an activity and a Jacobian penalty); the rest are slow
 SLOW = set(DENSE + CONV) - {"sparse", "contractive"}
 
@@ -82,8 +83,13 @@ def test_variant_composes_and_its_loss_falls(name):
     if cfg.bottleneck.kind == "vq":
         assert 1 < last["train/perplexity"] <= cfg.bottleneck.codebook_size
         assert 0 < last["train/codebook_usage"] <= 1 and last["train/commitment_loss"] > 0
-    if cfg.bottleneck.kind == "gaussian":
+    if cfg.bottleneck.kind in ("gaussian", "hvae"):
         assert last["train/elbo"] == pytest.approx(-last["train/recon_nll"] - last["train/kl"], rel=1e-5)
+    if cfg.bottleneck.kind == "hvae":  # both layers carry information
+        assert last["train/kl"] == pytest.approx(last["train/kl_z1"] + last["train/kl_z2"], rel=1e-5)
+        assert last["train/kl_z1"] > 0 and last["train/kl_z2"] > 0
+    if cfg.penalty.decoder_gradient:
+        assert last["train/decoder_gradient"] > 0
     if cfg.loss.name == "iwae":
         assert last["train/iwae"] > last["train/elbo"]  # the k = 5 bound is tighter
     if cfg.bottleneck.top_k:
@@ -156,6 +162,8 @@ GOOD = [
     ["experiment=k_sparse", "noise=gaussian", "optimizer=adamw"],
     ["experiment=vae", "penalty=contractive", "noise=masking"],
     ["variant=factor_vae", "bottleneck=vamp", "penalty.l2_weight=0.001", "optimizer=adamw"],
+    ["model=mlp", "bottleneck=hvae", "bottleneck.top_prior=vamp", "loss=iwae"],
+    ["model=conv", "bottleneck=hvae", "loss=elbo", "penalty.decoder_gradient=0.1"],
 ]
 
 

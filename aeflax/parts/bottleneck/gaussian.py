@@ -27,6 +27,15 @@ def sample(key, mean, logvar, num: int | None = None):
     return mean + jnp.exp(0.5 * logvar) * jax.random.normal(key, shape, mean.dtype)
 
 
+def decoded_log_likelihood(model, z, target, likelihood: str, std: float = 1.0):
+    """log p(target|z_i) of draws z [k, B, D]: [k, B], decoded a few draws at a time (memory)."""
+    def one(zi):
+        logits = model.decode_logits(zi)
+        return objectives.log_likelihood(likelihood, logits, model.output(logits), target, std)
+
+    return jax.lax.map(one, z, batch_size=min(z.shape[0], 8))
+
+
 def importance_log_weights(model, x, key, k: int, likelihood: str, std: float = 1.0, target=None):
     """log w_i = log p(x|z_i) + log p(z_i) - log q(z_i|x), z_i ~ q(z|x); shape [k, B].
 
@@ -38,12 +47,7 @@ def importance_log_weights(model, x, key, k: int, likelihood: str, std: float = 
     mean, logvar = bottleneck.stats(h)
     z0 = sample(key, mean, logvar, num=k)  # [k, B, D]
     z, logdet = bottleneck.transform(z0, h)  # a flow: q(z) = q0(z0) / |det dz/dz0|
-
-    def one(zi):
-        logits = model.decode_logits(zi)
-        return objectives.log_likelihood(likelihood, logits, model.output(logits), target, std)
-
-    log_px_z = jax.lax.map(one, z, batch_size=min(k, 8))
+    log_px_z = decoded_log_likelihood(model, z, target, likelihood, std)
     log_q = objectives.log_normal(z0, mean, logvar)
     if logdet is not None:
         log_q = log_q - logdet
