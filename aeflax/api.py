@@ -61,12 +61,24 @@ def image_shape(cfg: Config) -> tuple[int, int, int]:
     return data.load(cfg.data).image_shape
 
 
-def restore(cfg: Config, run_dir: str | Path, shape: Sequence[int],
-            epoch: Optional[int] = None) -> tuple[nnx.GraphDef, training.TrainState]:
-    """(graphdef, TrainState) restored from the run's checkpoint (the latest unless `epoch`)."""
+def train_size(cfg: Config) -> int:
+    """The training split's size where the model keeps something of every training image (the
+    Exemplar prior's codes: its checkpoint holds them), read from the run's data; else 0."""
+    if not parts.bottleneck_of(cfg).exemplars:
+        return 0
+    from aeflax import data
+
+    return len(data.load(cfg.data).train)
+
+
+def restore(cfg: Config, run_dir: str | Path, shape: Sequence[int], epoch: Optional[int] = None,
+            num_train: Optional[int] = None) -> tuple[nnx.GraphDef, training.TrainState]:
+    """(graphdef, TrainState) restored from the run's checkpoint (the latest unless `epoch`);
+    `num_train` (the training split's size, for bottleneck=exemplar) defaults to `train_size(cfg)`."""
     if not (Path(run_dir) / checkpoint.DIRNAME).is_dir():
         raise checkpoint.CheckpointError(f"{run_dir} has no {checkpoint.DIRNAME}/: nothing to load")
-    graphdef, target = training.init_state(cfg, shape, steps_per_epoch=1)
+    num_train = train_size(cfg) if num_train is None else num_train
+    graphdef, target = training.init_state(cfg, shape, steps_per_epoch=1, num_train=num_train)
     return graphdef, checkpoint.restore(checkpoint.manager(run_dir), target, epoch)
 
 

@@ -120,13 +120,17 @@ class Batch:
     metrics: dict = field(default_factory=dict)  # training: scalar mse and bce, as logged
     terms: dict = field(default_factory=dict)  # evaluation: per-image mse, bce and psnr
     hp: dict = field(default_factory=dict)  # evaluation: the traced values (training: an argument)
+    images: Any = None  # training: the whole training split (uint8), for a part that reads other images
+    idx: Any = None  # training: the batch's indices in `images`
 
 
-def loss_and_metrics(model, x_in, x_target, key, hp, cfg, train: bool = True, step=None):
+def loss_and_metrics(model, x_in, x_target, key, hp, cfg, train: bool = True, step=None,
+                     images=None, idx=None):
     """The training objective on one batch and the metrics logged with it.
 
     The loss part's data term, then the bottleneck's own terms, then each active penalty's,
-    added in that order. Returns (scalar loss, dict of scalar metrics).
+    added in that order. Returns (scalar loss, dict of scalar metrics). `images` (the whole
+    training split) and `idx` (the batch's indices in it) reach the parts as `batch.images`, `batch.idx`.
     """
     bottleneck, loss_part = parts.bottleneck_of(cfg), parts.loss_of(cfg)
     out = model(x_in, key=key if bottleneck.posterior else None, train=train)
@@ -134,7 +138,8 @@ def loss_and_metrics(model, x_in, x_target, key, hp, cfg, train: bool = True, st
            if cfg.model.output_activation == "sigmoid" and not loss_part.exact_bce
            else bce_from_logits(out["logits"], x_target))  # exact where it is the loss
     metrics = {"mse": jnp.mean(mse(out["recon"], x_target)), "bce": jnp.mean(bce)}
-    batch = Batch(model, x_in, x_target, key, out, cfg, step=step, metrics=metrics)
+    batch = Batch(model, x_in, x_target, key, out, cfg, step=step, metrics=metrics, images=images, idx=idx)
+    out.update(bottleneck.train_outputs(batch))  # e.g. the Exemplar prior's leave-one-out log p(z)
     loss, more = loss_part.train_terms(batch, hp)
     metrics.update(more)
     for part in (bottleneck, *parts.active(cfg, "penalty")):

@@ -259,7 +259,7 @@ def _train(cfg, dataset, workdir: Path, record: Optional[RunRecord], tracker: Op
     primary = record is not None
     mgr = checkpoint.manager(workdir)
     n_steps = training.steps_per_epoch(len(dataset.train), min(cfg.train.batch_size, len(dataset.train)))
-    graphdef, state = training.init_state(cfg, dataset.image_shape, n_steps)
+    graphdef, state = training.init_state(cfg, dataset.image_shape, n_steps, num_train=len(dataset.train))
     last = checkpoint.latest_epoch(mgr)
     if last is not None:
         if last > cfg.train.epochs:

@@ -53,11 +53,12 @@ def owning_parts(cfg) -> list:
     return [p for p in parts.active(cfg, "penalty") if p.owns_module]
 
 
-def make_model(cfg, image_shape, seed: int) -> Autoencoder:
+def make_model(cfg, image_shape, seed: int, num_train: int = 0) -> Autoencoder:
     """The autoencoder, then the modules its parts own under `model.owned` (built after it, so the
-    autoencoder's initial values are those of the same config without them)."""
+    autoencoder's initial values are those of the same config without them). `num_train`: the
+    training split's size, for a model that keeps its images' codes (bottleneck=exemplar)."""
     rngs = nnx.Rngs(params=seed)
-    model = build(cfg.model, cfg.bottleneck, tuple(image_shape), rngs)
+    model = build(cfg.model, cfg.bottleneck, tuple(image_shape), rngs, num_train)
     owners = owning_parts(cfg)
     if owners:
         setattr(model, OWNED, nnx.Dict({p.name: p.module(cfg, rngs) for p in owners}))
@@ -132,10 +133,11 @@ def hyperparameters(cfg, steps_per_epoch: int) -> dict[str, jax.Array]:
     return {k: jnp.asarray(v, jnp.float32) for k, v in values.items()}
 
 
-def init_state(cfg, image_shape, steps_per_epoch: int, seed: Optional[int] = None):
-    """A fresh (graphdef, TrainState) for the config; `seed` defaults to cfg.seed."""
+def init_state(cfg, image_shape, steps_per_epoch: int, seed: Optional[int] = None, num_train: int = 0):
+    """A fresh (graphdef, TrainState) for the config; `seed` defaults to cfg.seed, `num_train` as
+    make_model's."""
     seed = cfg.seed if seed is None else seed
-    graphdef, params, other = _initial_variables(cfg, tuple(image_shape), seed)
+    graphdef, params, other = _initial_variables(cfg, tuple(image_shape), seed, num_train)
     tx = make_optimizer(cfg, steps_per_epoch)
     state = TrainState(params=params, other=other, opt_state=tx.init(params),
                        key=jax.random.key_data(jax.random.key(seed + 1)),
@@ -143,14 +145,15 @@ def init_state(cfg, image_shape, steps_per_epoch: int, seed: Optional[int] = Non
     return graphdef, state
 
 
-def _initial_variables(cfg, image_shape, seed: int):
+def _initial_variables(cfg, image_shape, seed: int, num_train: int = 0):
     """(graphdef, params, other) of a new model, initialised in one compiled program: op by op,
     the seed AE's initialisers took 0.8 s of start-up (each op compiled on its own); same values."""
-    graphdef, _, _ = nnx.split(nnx.eval_shape(lambda: make_model(cfg, image_shape, seed)), nnx.Param, ...)
+    graphdef, _, _ = nnx.split(nnx.eval_shape(lambda: make_model(cfg, image_shape, seed, num_train)),
+                               nnx.Param, ...)
 
     @jax.jit
     def create():
-        _, params, other = nnx.split(make_model(cfg, image_shape, seed), nnx.Param, ...)
+        _, params, other = nnx.split(make_model(cfg, image_shape, seed, num_train), nnx.Param, ...)
         return params, other
 
     return (graphdef, *create())
@@ -193,11 +196,19 @@ def make_train_epoch(graphdef, cfg, num_train: int, batch_sharding=None) -> Call
     n_steps = steps_per_epoch(num_train, batch_size)
     tx = make_optimizer(cfg, n_steps)
     owned = bool(owning_parts(cfg))
+    bottleneck = parts.bottleneck_of(cfg)
 
-    def loss_fn(params, other, x_in, x, key, hp, step):
+    def loss_fn(params, other, x_in, x, key, hp, step, images, idx):
         model = nnx.merge(graphdef, params, other, copy=True)  # fresh variables: EMA updates under grad
-        loss, metrics = objectives.loss_and_metrics(model, x_in, x, key, hp, cfg, train=True, step=step)
+        loss, metrics = objectives.loss_and_metrics(model, x_in, x, key, hp, cfg, train=True, step=step,
+                                                    images=images, idx=idx)
         return loss, (metrics, nnx.state(model, nnx.Not(nnx.Param)))
+
+    def refresh(state, images):
+        """The bottleneck's `refresh` from the whole training split (the Exemplar prior's codes)."""
+        model = nnx.merge(graphdef, state.params, state.other)
+        bottleneck.refresh(model, images)
+        return state.replace(other=nnx.state(model, nnx.Not(nnx.Param)))
 
     def train_step(carry, idx, images, hp, epoch_key):
         state = carry
@@ -208,13 +219,15 @@ def make_train_epoch(graphdef, cfg, num_train: int, batch_sharding=None) -> Call
         if batch_sharding is not None:
             x_in, x = (jax.lax.with_sharding_constraint(a, batch_sharding) for a in (x_in, x))
         grads, (metrics, other) = jax.grad(loss_fn, has_aux=True)(
-            state.params, state.other, x_in, x, k_loss, hp, state.step)
+            state.params, state.other, x_in, x, k_loss, hp, state.step, images, idx)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = apply_updates(state.params, updates, hp, owned)
         state = state.replace(params=params, other=other, opt_state=opt_state, step=state.step + 1)
         return state, metrics
 
     def train_epoch(state: TrainState, images, hp):
+        if bottleneck.exemplars:  # a new model has no codes of its exemplars yet
+            state = jax.lax.cond(state.epoch == 0, lambda s: refresh(s, images), lambda s: s, state)
         epoch_key = jax.random.fold_in(jax.random.wrap_key_data(state.key), state.epoch)
         perm = jax.random.permutation(jax.random.fold_in(epoch_key, PERMUTATION_STREAM), num_train)
         batches = perm[: n_steps * batch_size].reshape(n_steps, batch_size)
@@ -222,6 +235,8 @@ def make_train_epoch(graphdef, cfg, num_train: int, batch_sharding=None) -> Call
         step = lambda st, idx: train_step(st, idx, images, hp, epoch_key)  # noqa: E731
         state, metrics = jax.lax.scan(step, state, batches)
         state = state.replace(epoch=state.epoch + 1)
+        if bottleneck.exemplars:  # the epoch's final encoder: for evaluation, checkpoints, the next epoch
+            state = refresh(state, images)
         return state, {f"train/{k}": jnp.mean(v) for k, v in metrics.items()}
 
     return train_epoch
@@ -305,7 +320,7 @@ def fit(cfg, dataset, *, state: Optional[TrainState] = None, graphdef=None,
     eval_images = parallel.replicate(eval_split.images, mesh)
     n_steps = steps_per_epoch(len(dataset.train), batch_size)
     if state is None:
-        graphdef, state = init_state(cfg, dataset.image_shape, n_steps)
+        graphdef, state = init_state(cfg, dataset.image_shape, n_steps, num_train=len(dataset.train))
     state, hp = parallel.replicate((state, hyperparameters(cfg, n_steps)), mesh)
     sharding = parallel.batched(mesh) if mesh is not None else None
     train_epoch = jax.jit(make_train_epoch(graphdef, cfg, len(dataset.train), sharding), donate_argnums=0)

@@ -82,7 +82,7 @@ def train_group(cfgs: Sequence, dataset=None, progress: bool = False,
     dataset = dataset if dataset is not None else data.load(cfg.data)
     n_train = len(dataset.train)
     n_steps = training.steps_per_epoch(n_train, min(cfg.train.batch_size, n_train))
-    inits = [training.init_state(c, dataset.image_shape, n_steps) for c in cfgs]
+    inits = [training.init_state(c, dataset.image_shape, n_steps, num_train=n_train) for c in cfgs]
     graphdef = inits[0][0]
     state = jax.device_put(_stack([s for _, s in inits]))
     hp = jax.device_put(_stack([training.hyperparameters(c, n_steps) for c in cfgs]))

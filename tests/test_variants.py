@@ -21,7 +21,7 @@ CONV = ["conv", "conv_vae", "conv_denoising", "vqvae"]
 DENSE = ["denoising", "denoising_masking", "salt_pepper", "sparse", "sparse_kl", "k_sparse", "contractive",
          "weight_decay", "vae", "beta_vae", "vae_binarized", "iwae", "vamp", "vae_planar", "vae_iaf", "rae",
          "wae", "info_vae", "beta_tcvae", "dip_vae", "dip_vae_ii", "factor_vae",
-         "hvae", "hvae_vamp", "rae_gp"]
+         "hvae", "hvae_vamp", "rae_gp", "exemplar_vae"]
 # make test-fast trains two dense variants (an activity and a Jacobian penalty); the rest are slow
 SLOW = set(DENSE + CONV) - {"sparse", "contractive"}
 
@@ -36,14 +36,14 @@ def _compose(*overrides):
         return compose(config_name="config", overrides=["logger=disabled", *overrides])
 
 
-def _init(cfg, steps: int, compile: bool = True):
+def _init(cfg, steps: int, compile: bool = True, num_train: int = 0):
     """training.init_state as one compiled program (eagerly it dispatches op by op: seconds under load).
 
     With compile=False the state is abstract (shapes only), for tracing.
     """
-    abstract = nnx.eval_shape(lambda: training.make_model(cfg, (28, 28, 1), cfg.seed))
+    abstract = nnx.eval_shape(lambda: training.make_model(cfg, (28, 28, 1), cfg.seed, num_train))
     graphdef = nnx.split(abstract, nnx.Param, ...)[0]
-    init = lambda: training.init_state(cfg, (28, 28, 1), steps)[1]
+    init = lambda: training.init_state(cfg, (28, 28, 1), steps, num_train=num_train)[1]
     return graphdef, jax.jit(init, compiler_options=FAST_COMPILE)() if compile else jax.eval_shape(init)
 
 
@@ -61,7 +61,7 @@ def trained(name: str):
                                    binarize=cfg.data.binarize))
     n = len(dataset.train)
     steps = training.steps_per_epoch(n, cfg.train.batch_size)
-    graphdef, state = _init(cfg, steps)
+    graphdef, state = _init(cfg, steps, num_train=n)
     hp = training.hyperparameters(cfg, steps)
     train_epoch = jax.jit(training.make_train_epoch(graphdef, cfg, n), compiler_options=FAST_COMPILE)
     history = []
@@ -83,7 +83,7 @@ def test_variant_composes_and_its_loss_falls(name):
     if cfg.bottleneck.kind == "vq":
         assert 1 < last["train/perplexity"] <= cfg.bottleneck.codebook_size
         assert 0 < last["train/codebook_usage"] <= 1 and last["train/commitment_loss"] > 0
-    if cfg.bottleneck.kind in ("gaussian", "hvae"):
+    if cfg.bottleneck.kind in ("gaussian", "hvae", "exemplar"):
         assert last["train/elbo"] == pytest.approx(-last["train/recon_nll"] - last["train/kl"], rel=1e-5)
     if cfg.bottleneck.kind == "hvae":  # both layers carry information
         assert last["train/kl"] == pytest.approx(last["train/kl_z1"] + last["train/kl_z2"], rel=1e-5)

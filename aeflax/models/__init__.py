@@ -12,8 +12,9 @@ from aeflax.models.dense import DenseDecoder, DenseEncoder
 __all__ = ["OWNED", "Autoencoder", "build"]
 
 
-def build(model_cfg, bottleneck_cfg, image_shape, rngs: nnx.Rngs) -> Autoencoder:
-    """Compose the Autoencoder that `model` and `bottleneck` configs describe."""
+def build(model_cfg, bottleneck_cfg, image_shape, rngs: nnx.Rngs, num_train: int = 0) -> Autoencoder:
+    """Compose the Autoencoder that `model` and `bottleneck` configs describe; `num_train`, the
+    training split's size, sizes what a prior over the training images keeps (bottleneck=exemplar)."""
     m, b = model_cfg, bottleneck_cfg
     if m.architecture == "dense":
         encoder = DenseEncoder(image_shape, list(m.hidden), m.activation, rngs, m.init)
@@ -25,6 +26,7 @@ def build(model_cfg, bottleneck_cfg, image_shape, rngs: nnx.Rngs) -> Autoencoder
     part = parts.registry()["bottleneck"][b.kind]
     bottleneck, code_size = part.build(b, encoder.out_features, map_channels, rngs, m.init)
     part.attach(b, bottleneck, encoder, image_shape, rngs)  # e.g. a prior that reads the encoder
+    part.attach_exemplars(b, bottleneck, num_train)  # e.g. the cache of the training images' codes
     if m.architecture == "dense":
         dec_hidden = list(reversed(m.hidden)) if m.decoder_hidden is None else list(m.decoder_hidden)
         decoder = DenseDecoder(code_size, image_shape, dec_hidden, m.activation, rngs, m.init)

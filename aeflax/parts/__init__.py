@@ -100,6 +100,7 @@ class Bottleneck(Part):
     activation_code: ClassVar[bool] = False  # emits `activation` (pre-sparsity code) for activity penalties
     smooth_code: ClassVar[bool] = True  # the code is differentiable in the input (a Jacobian penalty exists)
     gaussian_posterior: ClassVar[bool] = False  # out holds `mean`, `logvar` of a diagonal Gaussian q(z|x)
+    exemplars: ClassVar[bool] = False  # keeps what it needs of the training images (the Exemplar prior)
 
     def build(self, b, in_features: int, map_channels: int, rngs, init: str):
         """(nnx module, size of the vector code it hands the decoder; 0 when the code is a map)."""
@@ -108,6 +109,21 @@ class Bottleneck(Part):
     def attach(self, b, module, encoder, image_shape, rngs) -> None:
         """After `build`: give the module what only the whole model has (the VampPrior's prior
         encodes learned pseudo-inputs with the model's own encoder). By default nothing."""
+
+    # with `exemplars`: models.build passes the training split's size, the compiled epoch calls
+    # `refresh` before its first epoch and after each, and a training step reads the whole split
+    def attach_exemplars(self, b, module, num_train: int) -> None:
+        """After `attach`: variables sized by the training split (num_train images). By default none."""
+
+    def refresh(self, model, images) -> None:
+        """Recompute, inside the compiled epoch, what the module keeps of the training split (uint8
+        `images`, all of it), e.g. the codes of the Exemplar prior's exemplars."""
+
+    def train_outputs(self, batch) -> dict:
+        """Outputs of a training step that need more than the batch (`batch.images`, the whole training
+        split, and `batch.idx`, the batch's indices in it); they replace the module's own before any
+        term reads them. By default none."""
+        return {}
 
     def code_activation(self, cfg) -> Optional[str]:
         """The activation that made the code, for its sparsity metrics (mean activation, active
