@@ -45,8 +45,8 @@ class ConvConfig:
 
 @dataclass
 class ModelConfig:
-    architecture: str = "dense"  # dense | conv
-    hidden: list[int] = field(default_factory=list)  # dense encoder hidden sizes
+    architecture: str = "dense"  # dense | conv | lenet (Ruff et al.'s conv AE with batch norm)
+    hidden: list[int] = field(default_factory=list)  # dense encoder hidden sizes (lenet: its one dense layer)
     decoder_hidden: Optional[list[int]] = None  # default: reversed(hidden)
     activation: str = "relu"
     output_activation: str = "sigmoid"  # sigmoid | linear
@@ -62,8 +62,9 @@ class OptimizerConfig:
     b2: float = 0.999
     eps: float = 1e-7  # Keras' default
     weight_decay: float = traced(0.0)  # decoupled (adamw)
-    schedule: str = "constant"  # constant | cosine | exponential | burda (Burda et al.'s 8 stages)
-    decay_rate: float = 0.1  # exponential: factor over the whole run
+    schedule: str = "constant"  # constant | cosine | exponential | burda (Burda et al.'s 8 stages) | step
+    decay_rate: float = 0.1  # exponential: factor over the whole run; step: factor at each milestone
+    milestones: list[int] = field(default_factory=list)  # step: epochs after which the rate is scaled
     grad_clip: float = 0.0  # global-norm clip; 0 = off
 
 
@@ -120,16 +121,19 @@ SECTION_ROLES = {"eval": EVALUATION}  # the role of a section's fields unless a 
 def validate(cfg: Any) -> None:
     """Check ranges and combinations; raise ConfigError with one clear line."""
     d, m, o, t = cfg.data, cfg.model, cfg.optimizer, cfg.train
-    one_of(m.architecture, ("dense", "conv"), "model.architecture")
+    one_of(m.architecture, ("dense", "conv", "lenet"), "model.architecture")
     one_of(m.activation, (*ACTIVATIONS, "gated"), "model.activation")
-    check(not (m.activation == "gated" and m.architecture == "conv"),
-          "model.activation=gated is a dense layer; conv models take relu, elu, ...")
+    check(not (m.activation == "gated" and m.architecture != "dense"),
+          f"model.activation=gated is a dense layer; {m.architecture} models take relu, elu, ...")
+    check(m.architecture != "lenet" or len(m.hidden) == 1,
+          f"model.architecture=lenet has one dense layer: give model.hidden=[<width>], not {list(m.hidden)}")
     one_of(m.output_activation, ("sigmoid", "linear"), "model.output_activation")
     one_of(m.conv.impl, ("auto", "native", "im2col"), "model.conv.impl")
     check(all(h >= 1 for h in m.hidden), f"model.hidden={list(m.hidden)}: every size must be >= 1")
     check(m.decoder_hidden is None or all(h >= 1 for h in m.decoder_hidden),
           f"model.decoder_hidden={m.decoder_hidden}: every size must be >= 1 (or null for reversed(hidden))")
-    one_of(m.init, ("glorot_uniform", "lecun_normal", "he_normal"), "model.init")  # layers.INITIALIZERS
+    one_of(m.init, ("glorot_uniform", "lecun_normal", "he_normal", "pytorch_uniform"),
+           "model.init")  # layers.INITIALIZERS
     check(len(m.conv.channels) >= 1 and all(c >= 1 for c in m.conv.channels),
           f"model.conv.channels={list(m.conv.channels)}: give at least one channel count >= 1")
     check(m.conv.kernel_size >= 1 and m.conv.stride >= 1, "model.conv.kernel_size and stride must be >= 1")
@@ -139,7 +143,12 @@ def validate(cfg: Any) -> None:
           f"loss.name={lo.name} reads the decoder's logits as Bernoulli means: set "
           "model.output_activation=sigmoid (or loss.likelihood=gaussian)")
     one_of(o.name, ("adam", "adamw", "sgd"), "optimizer.name")
-    one_of(o.schedule, ("constant", "cosine", "exponential", "burda"), "optimizer.schedule")
+    one_of(o.schedule, ("constant", "cosine", "exponential", "burda", "step"), "optimizer.schedule")
+    check((o.schedule == "step") == bool(o.milestones),
+          f"optimizer.milestones={list(o.milestones)} goes with optimizer.schedule=step (and step needs "
+          f"milestones), not schedule={o.schedule}")
+    check(list(o.milestones) == sorted(set(o.milestones)) and all(e >= 1 for e in o.milestones),
+          f"optimizer.milestones={list(o.milestones)} must be increasing epochs >= 1")
     check(0 <= o.b1 < 1 and 0 <= o.b2 < 1, f"optimizer.b1={o.b1} and b2={o.b2} must be in [0, 1)")
     check(o.eps > 0, f"optimizer.eps={o.eps} must be > 0")
     check(o.decay_rate > 0, f"optimizer.decay_rate={o.decay_rate} must be > 0")

@@ -111,6 +111,9 @@ def model_direction(cfg, steps_per_epoch: int) -> optax.GradientTransformation:
         parts.append(optax.scale_by_schedule(optax.exponential_decay(1.0, total, o.decay_rate)))
     elif o.schedule == "burda":
         parts.append(optax.scale_by_schedule(burda_schedule(steps_per_epoch)))
+    elif o.schedule == "step":  # torch's MultiStepLR: times decay_rate after each milestone epoch
+        boundaries = {e * steps_per_epoch: o.decay_rate for e in o.milestones}
+        parts.append(optax.scale_by_schedule(optax.piecewise_constant_schedule(1.0, boundaries)))
     return optax.chain(*parts) if parts else optax.identity()
 
 

@@ -96,3 +96,24 @@ def test_an_early_stopped_run_interrupted_after_its_best_epoch_resumes_the_same(
     assert [p["epoch"] for p in points if "train/loss" in p] == list(range(1, best + 3))
     assert checkpoint.latest_epoch(checkpoint.manager(run_dir)) == best
     assert not (run_dir / checkpoint.BEST_DIRNAME).exists()
+def test_step_schedule_scales_after_each_milestone():
+    cfg = make_cfg("optimizer.name=sgd", "optimizer.schedule=step", "optimizer.milestones=[2,3]",
+                   "optimizer.decay_rate=0.1")
+    validate(cfg)
+    tx = training.make_optimizer(cfg, steps_per_epoch=3)
+    state, scales = tx.init({"w": np.zeros((), np.float32)}), []
+    for _ in range(12):
+        updates, state = tx.update({"w": np.ones((), np.float32)}, state)
+        scales.append(float(updates["w"]))
+    # torch's MultiStepLR: epochs 0-1 at 1, epoch 2 at 0.1, epoch 3 on at 0.01 (3 steps an epoch)
+    np.testing.assert_allclose(scales, [1] * 6 + [0.1] * 3 + [0.01] * 3, rtol=1e-6)
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["optimizer.milestones=[5]"], "goes with optimizer.schedule=step"),
+    (["optimizer.schedule=step"], "goes with optimizer.schedule=step"),
+    (["optimizer.schedule=step", "optimizer.milestones=[5,2]"], "must be increasing epochs"),
+])
+def test_step_schedule_config_errors(overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        validate(make_cfg(*overrides))

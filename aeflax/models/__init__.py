@@ -8,6 +8,7 @@ from aeflax import parts
 from aeflax.models.autoencoder import OWNED, Autoencoder
 from aeflax.models.conv import ConvDecoder, ConvEncoder
 from aeflax.models.dense import DenseDecoder, DenseEncoder
+from aeflax.models.lenet import LeNetDecoder, LeNetEncoder
 
 __all__ = ["OWNED", "Autoencoder", "build"]
 
@@ -18,6 +19,9 @@ def build(model_cfg, bottleneck_cfg, image_shape, rngs: nnx.Rngs, num_train: int
     m, b = model_cfg, bottleneck_cfg
     if m.architecture == "dense":
         encoder = DenseEncoder(image_shape, list(m.hidden), m.activation, rngs, m.init)
+    elif m.architecture == "lenet":
+        encoder = LeNetEncoder(image_shape, list(m.conv.channels), m.conv.kernel_size, m.hidden[0],
+                               m.activation, rngs, m.init, impl=m.conv.impl)
     else:
         encoder = ConvEncoder(image_shape, list(m.conv.channels), m.conv.kernel_size, m.conv.stride,
                               m.activation, rngs, m.init, impl=m.conv.impl)
@@ -30,6 +34,9 @@ def build(model_cfg, bottleneck_cfg, image_shape, rngs: nnx.Rngs, num_train: int
     if m.architecture == "dense":
         dec_hidden = list(reversed(m.hidden)) if m.decoder_hidden is None else list(m.decoder_hidden)
         decoder = DenseDecoder(code_size, image_shape, dec_hidden, m.activation, rngs, m.init)
+    elif m.architecture == "lenet":
+        decoder = LeNetDecoder(code_size, image_shape, list(m.conv.channels), m.conv.kernel_size, m.hidden[0],
+                               m.activation, rngs, m.init, impl=m.conv.impl)
     else:
         decoder = ConvDecoder(code_size, image_shape, list(m.conv.channels), m.conv.kernel_size,
                               m.conv.stride, m.activation, rngs, m.init, impl=m.conv.impl)

@@ -15,7 +15,8 @@ OWNED = "owned"
 class Autoencoder(nnx.Module):
     """Any variant is this one module with different parts.
 
-    Inputs are float images in [0, 1] shaped [B, H, W, C]. The decoder returns logits;
+    Inputs are float images in [0, 1] shaped [B, H, W, C]. `train` chooses batch statistics over
+    running ones in the layers that have both (BatchNorm, models/lenet.py). The decoder returns logits;
     `output_activation` turns them into the reconstruction (losses that want logits,
     such as Bernoulli likelihoods, use them directly for numerical stability).
     """
@@ -26,7 +27,16 @@ class Autoencoder(nnx.Module):
         self.decoder = decoder
         self.output_activation = output_activation
 
+    def use_batch_statistics(self, train: bool) -> None:
+        """Batch statistics (training) or running ones (the default) in every layer that has both.
+        Only a layer whose mode changes is touched: nnx refuses to mutate a module inside a
+        transform (a scan) that did not create it, which is how evaluation calls the model."""
+        for _, module in nnx.iter_modules(self):
+            if getattr(module, "use_running_average", not train) == train:
+                module.use_running_average = not train
+
     def encode(self, x, *, key=None, train: bool = False) -> dict:
+        self.use_batch_statistics(train)
         return self.bottleneck(self.encoder(x), key=key, train=train)
 
     def decode_logits(self, z) -> jax.Array:

@@ -21,6 +21,8 @@ INITIALIZERS = {
     "glorot_uniform": nnx.initializers.glorot_uniform(),
     "lecun_normal": nnx.initializers.lecun_normal(),
     "he_normal": nnx.initializers.he_normal(),
+    # PyTorch's default for Linear and Conv2d (kaiming_uniform(a=sqrt(5))): U(+-1/sqrt(fan_in))
+    "pytorch_uniform": nnx.initializers.variance_scaling(1 / 3, "fan_in", "uniform"),
 }
 
 

@@ -1,0 +1,119 @@
+"""model=lenet, the conv AE of Ruff et al. (Deep SAD's CAE baseline): its batch norm against
+PyTorch's formula, its layers against the authors' network, and the train/eval switch."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from conftest import make_cfg
+from flax import nnx
+
+from aeflax import training
+from aeflax.config import ConfigError, validate
+from aeflax.models.lenet import BatchNorm
+
+LENET = [  # conf/model/lenet.yaml as dotlist overrides (make_cfg composes no Hydra groups)
+"model.architecture=lenet", "model.activation=leaky_relu", "model.init=pytorch_uniform",
+         "model.hidden=[128]", "model.conv.channels=[16,32]", "model.conv.kernel_size=5",
+         "bottleneck.code_size=64", "bottleneck.activation=linear"]
+
+# Deep-SAD-PyTorch, src/networks/fmnist_LeNet.py: every weight of FashionMNIST_LeNet_Autoencoder
+# as (shape in aeflax's layout, PyTorch's fan_in); none has a bias
+TORCH_WEIGHTS = {
+    "encoder/convs/0": ((5, 5, 1, 16), 1 * 25), "encoder/convs/1": ((5, 5, 16, 32), 16 * 25),
+    "encoder/dense": ((1568, 128), 1568), "bottleneck/linear": ((128, 64), 128),
+    "decoder/dense": ((64, 128), 64),
+    # ConvTranspose2d(in, out): torch's fan_in is out * k * k
+    "decoder/convs/0": ((5, 5, 8, 32), 32 * 25), "decoder/convs/1": ((5, 5, 32, 16), 16 * 25),
+    "decoder/convs/2": ((5, 5, 16, 1), 1 * 25),
+}
+
+
+def _model(seed=0):
+    cfg = make_cfg(*LENET)
+    validate(cfg)
+    return training.make_model(cfg, (28, 28, 1), seed)
+
+
+def _params(model):
+    return {"/".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in path[:-1]): leaf
+            for path, leaf in jax.tree_util.tree_leaves_with_path(nnx.state(model, nnx.Param))}
+
+
+def test_batchnorm_is_torchs_formula():
+    x = np.random.default_rng(0).normal(2.0, 3.0, (8, 5, 5, 4)).astype(np.float32)
+    bn = BatchNorm(4)
+    bn.use_running_average = False
+    y = np.asarray(bn(jnp.asarray(x)))
+    mean, var = x.mean((0, 1, 2)), x.var((0, 1, 2))  # normalised by the biased variance
+    np.testing.assert_allclose(y, (x - mean) / np.sqrt(var + 1e-4), rtol=1e-4, atol=1e-4)
+    n = 8 * 5 * 5  # running statistics: momentum 0.1 towards the mean and the unbiased variance
+    np.testing.assert_allclose(bn.mean[...], 0.1 * mean, rtol=1e-5)
+    np.testing.assert_allclose(bn.var[...], 0.9 + 0.1 * var * n / (n - 1), rtol=1e-5)
+    bn.use_running_average = True  # evaluation: the running statistics, nothing updated
+    y_eval = np.asarray(bn(jnp.asarray(x)))
+    np.testing.assert_allclose(y_eval, (x - 0.1 * mean) / np.sqrt(0.9 + 0.1 * var * n / (n - 1) + 1e-4),
+                               rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(bn.mean[...], 0.1 * mean, rtol=1e-5)
+
+
+def test_layers_are_the_authors_network():
+    params = _params(_model())
+    kernels = {k.removesuffix("/kernel"): v for k, v in params.items() if k.endswith("kernel")}
+    assert {k: v.shape for k, v in kernels.items()} == {k: s for k, (s, _) in TORCH_WEIGHTS.items()}
+    assert sum(v.size for v in kernels.values()) == 249_888  # the PyTorch model's parameter count
+    assert [k for k in params if not k.endswith("kernel")] == ["bottleneck/linear/bias"]  # ours alone
+    for name, (_, fan_in) in TORCH_WEIGHTS.items():  # PyTorch's default init: U(+-1/sqrt(fan_in))
+        w, bound = np.asarray(kernels[name]), 1 / np.sqrt(fan_in)
+        assert np.abs(w).max() <= bound and np.abs(w).max() > 0.9 * bound, name
+        np.testing.assert_allclose(w.std(), bound / np.sqrt(3), rtol=0.15, err_msg=name)
+
+
+def test_the_code_layers_bias_cancels_in_batch_norm():
+    """The only bias (the bottleneck's Dense, absent in the authors' fc2) feeds a Dense and then
+    BatchNorm, which removes any constant: the reconstruction does not depend on it."""
+    model = _model()
+    x = jnp.asarray(np.random.default_rng(1).random((16, 28, 28, 1), np.float32))
+    before = model(x, train=True)["recon"]
+    model = _model()
+    model.bottleneck.linear.bias[...] = jnp.full((64,), 3.0)
+    np.testing.assert_allclose(model(x, train=True)["recon"], before, atol=1e-5)
+
+
+def test_decoder_levels_and_train_eval_modes():
+    model = _model()
+    assert model.decoder.targets == [8, 14, 28]  # 4x4 map, then 8, 16 cropped to 14, 28
+    x = jnp.asarray(np.random.default_rng(2).random((16, 28, 28, 1), np.float32))
+    assert model(x)["recon"].shape == (16, 28, 28, 1)
+    train_out = model(x, train=True)["recon"]  # batch statistics, running ones moved
+    assert float(jnp.abs(model.encoder.norms[0].mean[...]).max()) > 0
+    eval_out = model(x, train=False)["recon"]  # running statistics (not yet the data's)
+    assert float(jnp.abs(train_out - eval_out).max()) > 1e-3
+    assert all(bn.use_running_average for _, bn in nnx.iter_modules(model) if isinstance(bn, BatchNorm))
+
+
+def test_lenet_config_errors():
+    with pytest.raises(ConfigError, match="lenet has one dense layer"):
+        validate(make_cfg(*LENET, "model.hidden=[]"))
+    with pytest.raises(ConfigError, match="gated is a dense layer"):
+        validate(make_cfg(*LENET, "model.activation=gated"))
+    cfg = make_cfg(*LENET, "model.hidden=[100]")
+    with pytest.raises(ConfigError, match="multiple of 16"):
+        training.make_model(cfg, (28, 28, 1), 0)
+
+
+@pytest.mark.slow
+def test_a_short_fit_learns_and_evaluates_with_running_statistics(fmnist_small):
+    from aeflax import objectives
+
+    cfg = make_cfg(*LENET, "train.epochs=2", "train.batch_size=64", "optimizer.learning_rate=1e-3")
+    result = training.fit(cfg, fmnist_small, progress=False)
+    h = result.history
+    assert h[-1]["train/loss"] < h[0]["train/loss"] and h[-1]["test/mse"] < 0.05
+    model = result.model
+    stats = {k: np.asarray(v)
+             for k, v in jax.tree_util.tree_leaves_with_path(nnx.state(model, nnx.BatchStat))}
+    assert all(np.abs(v).max() > 0 for v in stats.values())  # every running statistic has moved
+    x = fmnist_small.test.images[:500].astype(np.float32) / 255.0
+    mse = float(jnp.mean(objectives.eval_terms(model, x, x, jax.random.key(0), cfg, {})["mse"]))
+    np.testing.assert_allclose(h[-1]["test/mse"], mse, rtol=1e-4)  # evaluation used running statistics
