@@ -206,7 +206,7 @@ EXPERIMENTS = {p.stem: yaml.safe_load(p.read_text())
 # every experiment file that is a multirun: the sweeps, the multirun reproductions, anomaly_sweep
 MULTIRUN_FILES = [name for name, body in EXPERIMENTS.items()
                   if (body.get("hydra") or {}).get("mode") == "MULTIRUN"]
-SWEEP_FILES = [name for name in MULTIRUN_FILES if name.startswith("sweep_") or name == "variants"]
+SWEEP_FILES = [name for name in MULTIRUN_FILES if name.startswith("sweep_") or name == "repro_probe"]
 
 
 @pytest.mark.slow  # hundreds of compositions; test_configs composes every file once
