@@ -166,3 +166,17 @@ def test_he_normal_torch_is_the_authors_he_init():
     assert np.abs(k).max() > 4 * k.std()  # a truncated normal stops at 2 of its sigmas
     assert np.abs(b).max() <= 1 / 28 and np.abs(b).max() > 0.9 / 28 and abs(b.mean()) < 0.005
     assert not np.asarray(dense(784, 300, nnx.Rngs(0)).bias[...]).any()  # the default keeps zero biases
+
+
+def test_warmup_per_epoch_is_the_authors_set_beta():
+    """Their beta in epoch e (from 1) is min(1, e / warmup); per step (the default) it is (step + 1) /
+    warmup_steps, as before the option existed."""
+    from aeflax.parts.loss.elbo import kl_weight
+
+    steps = jnp.arange(0, 1200)
+    per_epoch = {"beta": jnp.float32(1), "warmup_steps": jnp.float32(1000), "warmup_stair": jnp.float32(100)}
+    np.testing.assert_allclose(np.asarray(kl_weight(per_epoch, steps)),
+                               np.minimum(1.0, (np.arange(1200) // 100 + 1) / 10), rtol=1e-6)
+    per_step = {**per_epoch, "warmup_stair": jnp.float32(1)}
+    before = jnp.minimum(1.0, (steps + 1) / jnp.maximum(per_step["warmup_steps"], 1))  # the formula before
+    np.testing.assert_array_equal(np.asarray(kl_weight(per_step, steps)), np.asarray(before))
