@@ -21,6 +21,7 @@ from typing import Any, Optional
 from aeflax import parts
 from aeflax.checks import ConfigError, check, one_of
 from aeflax.flat import flatten
+from aeflax.models.layers import INITIALIZERS, TORCH_BIAS
 from aeflax.parts import EVALUATION, NUMBERS, RECORD, record, traced
 
 
@@ -66,6 +67,7 @@ class OptimizerConfig:
     decay_rate: float = 0.1  # exponential: factor over the whole run; step: factor at each milestone
     milestones: list[int] = field(default_factory=list)  # step: epochs after which the rate is scaled
     grad_clip: float = 0.0  # global-norm clip; 0 = off
+    normalize_grads: bool = False  # each tensor's gradient over its L2 norm first (their AdamNormGrad)
 
 
 @dataclass
@@ -75,6 +77,7 @@ class TrainConfig:
     eval_batch_size: int = 1000
     checkpoint_every: int = record(1)  # epochs; 0 = only at the end
     early_stopping_patience: int = 0  # epochs without val improvement; 0 = off
+    early_stopping_from: int = 0  # the first epoch the patience counts (the KL warm-up's before it do not)
 
 
 @dataclass
@@ -132,8 +135,9 @@ def validate(cfg: Any) -> None:
     check(all(h >= 1 for h in m.hidden), f"model.hidden={list(m.hidden)}: every size must be >= 1")
     check(m.decoder_hidden is None or all(h >= 1 for h in m.decoder_hidden),
           f"model.decoder_hidden={m.decoder_hidden}: every size must be >= 1 (or null for reversed(hidden))")
-    one_of(m.init, ("glorot_uniform", "lecun_normal", "he_normal", "pytorch_uniform"),
-           "model.init")  # layers.INITIALIZERS
+    one_of(m.init, tuple(INITIALIZERS), "model.init")
+    check(not (m.init in TORCH_BIAS and m.architecture == "conv"),
+          f"model.init={m.init} is the dense layers' of the VampPrior code; conv models take he_normal")
     check(len(m.conv.channels) >= 1 and all(c >= 1 for c in m.conv.channels),
           f"model.conv.channels={list(m.conv.channels)}: give at least one channel count >= 1")
     check(m.conv.kernel_size >= 1 and m.conv.stride >= 1, "model.conv.kernel_size and stride must be >= 1")
@@ -160,6 +164,7 @@ def validate(cfg: Any) -> None:
     check(t.checkpoint_every >= 0, f"train.checkpoint_every={t.checkpoint_every} must be >= 0")
     check(t.early_stopping_patience >= 0,
           f"train.early_stopping_patience={t.early_stopping_patience} must be >= 0")
+    check(t.early_stopping_from >= 0, f"train.early_stopping_from={t.early_stopping_from} must be >= 0")
     check(not (t.early_stopping_patience and not d.val_size),
           "train.early_stopping_patience needs a validation split (data.val_size > 0); stopping on the "
           "test set would select the model on test data")

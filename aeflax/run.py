@@ -278,7 +278,7 @@ def _train(cfg, dataset, workdir: Path, record: Optional[RunRecord], tracker: Op
         if last else []
     patience = cfg.train.early_stopping_patience
     best_mgr = checkpoint.manager(workdir, 1, checkpoint.BEST_DIRNAME) if patience else None
-    stopper = training.EarlyStopping(patience, f"{dataset.eval_split[0]}/loss", last or 0)
+    stopper = training.EarlyStopping.of(cfg, f"{dataset.eval_split[0]}/loss", last or 0)
 
     def state_of(epoch):  # a copy: fit donates the state it starts from
         return jax.tree.map(jnp.copy, state) if epoch == last else checkpoint.restore(best_mgr, state, epoch)

@@ -102,7 +102,9 @@ def model_direction(cfg, steps_per_epoch: int) -> optax.GradientTransformation:
     """
     o = cfg.optimizer
     total = max(1, cfg.train.epochs * steps_per_epoch)
-    parts = [optax.clip_by_global_norm(o.grad_clip)] if o.grad_clip > 0 else []
+    parts = [normalize_per_tensor()] if o.normalize_grads else []
+    if o.grad_clip > 0:
+        parts.append(optax.clip_by_global_norm(o.grad_clip))
     if o.name in ("adam", "adamw"):
         parts.append(optax.scale_by_adam(b1=o.b1, b2=o.b2, eps=o.eps))
     if o.schedule == "cosine":
@@ -115,6 +117,15 @@ def model_direction(cfg, steps_per_epoch: int) -> optax.GradientTransformation:
         boundaries = {e * steps_per_epoch: o.decay_rate for e in o.milestones}
         parts.append(optax.scale_by_schedule(optax.piecewise_constant_schedule(1.0, boundaries)))
     return optax.chain(*parts) if parts else optax.identity()
+
+
+def normalize_per_tensor(eps: float = 1e-7) -> optax.GradientTransformation:
+    """Each parameter tensor's gradient divided by (its L2 norm + eps), as the VampPrior and Exemplar
+    VAE code's AdamNormGrad does before its Adam update (their utils/optimizer.py)."""
+    def normalize(updates, params=None):
+        return jax.tree.map(lambda g: g / (jnp.sqrt(jnp.sum(g * g)) + eps), updates)
+
+    return optax.stateless(normalize)
 
 
 def burda_schedule(steps_per_epoch: int, stages: int = 8):
@@ -332,7 +343,7 @@ def fit(cfg, dataset, *, state: Optional[TrainState] = None, graphdef=None,
     history: list[Metrics] = []
     start = int(state.epoch)
     if stopper is None:
-        stopper = EarlyStopping(cfg.train.early_stopping_patience, f"{eval_name}/loss", start)
+        stopper = EarlyStopping.of(cfg, f"{eval_name}/loss", start)
     bar = _progress(range(start, cfg.train.epochs), progress, initial=start, total=cfg.train.epochs)
     for epoch in bar:
         if stop is not None and stop():
@@ -356,11 +367,18 @@ def fit(cfg, dataset, *, state: Optional[TrainState] = None, graphdef=None,
 
 class EarlyStopping:
     """Stop once `metric` (the validation loss) has not improved for `patience` epochs; keep
-    the best epoch's state. patience 0 never stops and keeps nothing."""
+    the best epoch's state. patience 0 never stops and keeps nothing. Epochs before `count_from`
+    (train.early_stopping_from: the KL warm-up's) never count towards the patience, but the best is
+    kept from the first epoch on, as the VampPrior and Exemplar VAE code does."""
 
-    def __init__(self, patience: int, metric: str, start_epoch: int = 0):
-        self.patience, self.metric = patience, metric
+    def __init__(self, patience: int, metric: str, start_epoch: int = 0, count_from: int = 0):
+        self.patience, self.metric, self.count_from = patience, metric, count_from
         self.best_loss, self.best_epoch, self.best_state = math.inf, start_epoch, None
+
+    @classmethod
+    def of(cls, cfg, metric: str, start_epoch: int = 0) -> EarlyStopping:
+        """The early stopping that cfg.train asks for."""
+        return cls(cfg.train.early_stopping_patience, metric, start_epoch, cfg.train.early_stopping_from)
 
     def resume(self, history: list[Metrics], best_state: Callable[[int], TrainState]) -> EarlyStopping:
         """Continue after a restart: the best of the epochs in `history` (the records before
@@ -379,7 +397,7 @@ class EarlyStopping:
             self.best_loss, self.best_epoch = metrics[self.metric], metrics["epoch"]
             self.best_state = jax.tree.map(jnp.copy, state)  # the next epoch donates `state`
             return False
-        return metrics["epoch"] - self.best_epoch >= self.patience
+        return metrics["epoch"] - max(self.best_epoch, self.count_from - 1) >= self.patience
 
 
 # --- runs trained elsewhere (members of a vmapped sweep group) ----------------------

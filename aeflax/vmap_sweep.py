@@ -95,7 +95,7 @@ def train_group(cfgs: Sequence, dataset=None, progress: bool = False,
     train_images, eval_images = jax.device_put(dataset.train.images), jax.device_put(eval_split.images)
 
     histories: list[list[dict]] = [[] for _ in cfgs]
-    stoppers = [training.EarlyStopping(c.train.early_stopping_patience, f"{eval_name}/loss") for c in cfgs]
+    stoppers = [training.EarlyStopping.of(c, f"{eval_name}/loss") for c in cfgs]
     running = list(range(len(cfgs)))  # members that have not stopped early
     epochs = range(cfg.train.epochs)
     if progress:

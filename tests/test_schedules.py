@@ -56,9 +56,12 @@ def test_an_early_stopped_run_records_and_keeps_the_best_epoch(tmp_path):
 
 
 @pytest.mark.slow
-def test_an_early_stopped_run_interrupted_after_its_best_epoch_resumes_the_same(tmp_path, monkeypatch):
+@pytest.mark.parametrize("count_from", [0, 8])
+def test_an_early_stopped_run_interrupted_after_its_best_epoch_resumes_the_same(tmp_path, monkeypatch,
+                                                                                count_from):
     """The best epoch before an interruption is kept (checkpoints_best/) and the patience count
-    continues: the resumed run stops at the same epoch with the same state as an uninterrupted one."""
+    continues: the resumed run stops at the same epoch with the same state as an uninterrupted one;
+    with train.early_stopping_from = 8 the patience counts from epoch 8, the best kept from epoch 1."""
     import json
     import signal
 
@@ -67,10 +70,11 @@ def test_an_early_stopped_run_interrupted_after_its_best_epoch_resumes_the_same(
 
     overrides = ("train.epochs=12", "train.batch_size=32", "data.val_size=500", "data.train_limit=1500",
                  "data.test_limit=200", "train.early_stopping_patience=2", "optimizer.learning_rate=0.05",
-                 "eval.figures=false")
+                 "eval.figures=false", f"train.early_stopping_from={count_from}")
     reference = train_and_evaluate(make_cfg(*overrides), tmp_path / "uninterrupted", progress=False)
     best = reference["epochs"]
-    assert 1 <= best <= 9  # stopped before train.epochs: the interruption below falls after the best epoch
+    last = max(best, count_from - 1) + 2  # the epoch it stops at
+    assert 1 <= best and last < 12  # stopped early: the interruption below falls after the best epoch
 
     calls = {"n": 0}
 
@@ -93,7 +97,7 @@ def test_an_early_stopped_run_interrupted_after_its_best_epoch_resumes_the_same(
     keep = lambda s: {k: v for k, v in s.items() if "/" in k and "seconds" not in k}  # noqa: E731
     assert keep(resumed) == keep(reference) and resumed["epochs"] == best  # bit-identical on CPU
     points = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    assert [p["epoch"] for p in points if "train/loss" in p] == list(range(1, best + 3))
+    assert [p["epoch"] for p in points if "train/loss" in p] == list(range(1, last + 1))
     assert checkpoint.latest_epoch(checkpoint.manager(run_dir)) == best
     assert not (run_dir / checkpoint.BEST_DIRNAME).exists()
 def test_step_schedule_scales_after_each_milestone():

@@ -110,8 +110,9 @@ class Exemplar(gaussian.Gaussian):
     """The Gaussian bottleneck with the Exemplar prior: one learned log-variance `prior_logvar`, and
     `codes` [N, D], the cache of the training images' codes (ExemplarPart.attach_exemplars)."""
 
-    def __init__(self, in_features: int, code_size: int, rngs: nnx.Rngs, init: str = "glorot_uniform"):
-        super().__init__(in_features, code_size, rngs, init)
+    def __init__(self, in_features: int, code_size: int, rngs: nnx.Rngs, init: str = "glorot_uniform",
+                 logvar_bounds: tuple = (None, None)):
+        super().__init__(in_features, code_size, rngs, init, logvar_bounds)
         self.prior_logvar = nnx.Param(jax.random.normal(rngs.params(), ()))  # the authors' randn(1)
 
     def log_prior(self, z):
@@ -152,7 +153,7 @@ class ExemplarPart(gaussian.GaussianPart):
                   "bound would score its draws with the cached prior, which keeps each image's own exemplar")
 
     def build(self, b, in_features, map_channels, rngs, init):
-        return Exemplar(in_features, b.code_size, rngs, init), b.code_size
+        return Exemplar(in_features, b.code_size, rngs, init, gaussian.logvar_bounds(b)), b.code_size
 
     def attach_exemplars(self, b, module, num_train):
         if num_train < 1:

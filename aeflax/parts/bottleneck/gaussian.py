@@ -10,6 +10,7 @@ the importance-sampled NLL use whichever prior and posterior the model has.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Optional
 
 import jax
 import jax.numpy as jnp
@@ -54,17 +55,31 @@ def importance_log_weights(model, x, key, k: int, likelihood: str, std: float = 
     return log_px_z + bottleneck.log_prior(z) - log_q
 
 
-class Gaussian(nnx.Module):
-    """The code is a reparameterized sample of q(z|x); without a key (evaluation, encoding) the mean."""
+def logvar_bounds(b) -> tuple:
+    """(bottleneck.logvar_min, logvar_max): the clamp of every log-variance the bottleneck computes."""
+    return (b.logvar_min, b.logvar_max)
 
-    def __init__(self, in_features: int, code_size: int, rngs: nnx.Rngs, init: str = "glorot_uniform"):
+
+def clamp_logvar(logvar, bounds):
+    """The log-variance clamped to [min, max] (a hardtanh: no gradient outside); (None, None): as it is."""
+    lo, hi = bounds
+    return logvar if lo is None and hi is None else jnp.clip(logvar, lo, hi)
+
+
+class Gaussian(nnx.Module):
+    """The code is a reparameterized sample of q(z|x); without a key (evaluation, encoding) the mean.
+    `logvar_bounds`: the clamp of the log-variance (logvar_bounds(b))."""
+
+    def __init__(self, in_features: int, code_size: int, rngs: nnx.Rngs, init: str = "glorot_uniform",
+                 logvar_bounds: tuple = (None, None)):
         self.mean = dense(in_features, code_size, rngs, init)
         self.logvar = dense(in_features, code_size, rngs, init)
         self.code_size = code_size
+        self.logvar_bounds = tuple(logvar_bounds)
 
     def stats(self, h):
         h = h.reshape(h.shape[0], -1)
-        return self.mean(h), self.logvar(h)
+        return self.mean(h), clamp_logvar(self.logvar(h), self.logvar_bounds)
 
     def __call__(self, h, *, key=None, train: bool = False):
         mean, logvar = self.stats(h)
@@ -92,6 +107,9 @@ class Gaussian(nnx.Module):
 @dataclass
 class Fields:
     code_size: int = 64
+    # the VampPrior and Exemplar VAE code clamps each log-variance with a hardtanh to [-6, 2]; null: no bound
+    logvar_min: Optional[float] = None
+    logvar_max: Optional[float] = None
 
 
 class GaussianPart(Bottleneck):
@@ -103,9 +121,11 @@ class GaussianPart(Bottleneck):
     def validate(self, cfg) -> None:
         b = cfg.bottleneck
         check(b.code_size >= 1, f"bottleneck.code_size={b.code_size} must be >= 1 (the size of the code)")
+        check(b.logvar_min is None or b.logvar_max is None or b.logvar_min < b.logvar_max,
+              f"bottleneck.logvar_min={b.logvar_min} must be < bottleneck.logvar_max={b.logvar_max}")
 
     def build(self, b, in_features, map_channels, rngs, init):
-        return Gaussian(in_features, b.code_size, rngs, init), b.code_size
+        return Gaussian(in_features, b.code_size, rngs, init, logvar_bounds(b)), b.code_size
 
     def kl(self, out):
         """Closed form; with a flow (Rezende & Mohamed 2015) KL(q_K || p) = E[log q0(z0) - log p(z0)]

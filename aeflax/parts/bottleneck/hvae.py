@@ -34,7 +34,9 @@ class ConditionalGaussian(nnx.Module):
     results concatenated through one joint hidden layer, then linear heads. The paper's q(z1|x,z2)
     is n = 2 (x and z2), its p(z1|z2) n = 1 (two hidden layers)."""
 
-    def __init__(self, in_sizes, hidden: int, out_size: int, act: str, rngs: nnx.Rngs, init: str):
+    def __init__(self, in_sizes, hidden: int, out_size: int, act: str, rngs: nnx.Rngs, init: str,
+                 logvar_bounds: tuple = (None, None)):
+        self.logvar_bounds = tuple(logvar_bounds)
         self.branches = nnx.List([Hidden(n, hidden, act, rngs, init) for n in in_sizes])
         self.joint = Hidden(len(in_sizes) * hidden, hidden, act, rngs, init)
         self.mean = dense(hidden, out_size, rngs, init)
@@ -45,7 +47,7 @@ class ConditionalGaussian(nnx.Module):
         hs = [branch(c) for branch, c in zip(self.branches, inputs, strict=True)]
         shape = jnp.broadcast_shapes(*(h.shape for h in hs))
         h = self.joint(jnp.concatenate([jnp.broadcast_to(h, shape) for h in hs], axis=-1))
-        return self.mean(h), self.logvar(h)
+        return self.mean(h), gaussian.clamp_logvar(self.logvar(h), self.logvar_bounds)
 
 
 class Hierarchical(nnx.Module):
@@ -53,10 +55,11 @@ class Hierarchical(nnx.Module):
     of x (the paper's reads x through a layer of its own) and z2."""
 
     def __init__(self, top, in_features: int, code_size: int, hidden: int, act: str, rngs: nnx.Rngs,
-                 init: str = "glorot_uniform"):
+                 init: str = "glorot_uniform", logvar_bounds: tuple = (None, None)):
         self.top = top
-        self.q_z1 = ConditionalGaussian((in_features, code_size), hidden, code_size, act, rngs, init)
-        self.p_z1 = ConditionalGaussian((code_size,), hidden, code_size, act, rngs, init)
+        bounds = logvar_bounds
+        self.q_z1 = ConditionalGaussian((in_features, code_size), hidden, code_size, act, rngs, init, bounds)
+        self.p_z1 = ConditionalGaussian((code_size,), hidden, code_size, act, rngs, init, bounds)
 
     def layers(self, h, key=None, num: int | None = None) -> dict:
         """z2 ~ q(z2|x), then z1 ~ q(z1|x,z2) (without a key: the means; `num` draws: [num, B, D]),
@@ -107,7 +110,8 @@ class HVAEPart(gaussian.GaussianPart):
 
     def build(self, b, in_features, map_channels, rngs, init):
         top, size = TOP_PRIORS[b.top_prior].build(b, in_features, map_channels, rngs, init)
-        module = Hierarchical(top, in_features, size, b.hierarchy_hidden, b.hierarchy_activation, rngs, init)
+        module = Hierarchical(top, in_features, size, b.hierarchy_hidden, b.hierarchy_activation, rngs, init,
+                              gaussian.logvar_bounds(b))
         return module, 2 * size
 
     def attach(self, b, module, encoder, image_shape, rngs):

@@ -52,8 +52,8 @@ class IAFStep(nnx.Module):
 
 class IAF(gaussian.Gaussian):
     def __init__(self, in_features: int, code_size: int, length: int, hidden: int, rngs: nnx.Rngs,
-                 init: str = "glorot_uniform"):
-        super().__init__(in_features, code_size, rngs, init)
+                 init: str = "glorot_uniform", logvar_bounds: tuple = (None, None)):
+        super().__init__(in_features, code_size, rngs, init, logvar_bounds)
         self.steps = nnx.List([IAFStep(code_size, hidden, in_features, i % 2 == 1, rngs, init)
                                for i in range(length)])
 
@@ -84,7 +84,8 @@ class IAFPart(gaussian.GaussianPart):
         check(b.flow_hidden >= 1, f"bottleneck.flow_hidden={b.flow_hidden} must be >= 1 (MADE's units)")
 
     def build(self, b, in_features, map_channels, rngs, init):
-        return IAF(in_features, b.code_size, b.flow_length, b.flow_hidden, rngs, init), b.code_size
+        bounds = gaussian.logvar_bounds(b)
+        return IAF(in_features, b.code_size, b.flow_length, b.flow_hidden, rngs, init, bounds), b.code_size
 
 
 PART = IAFPart()

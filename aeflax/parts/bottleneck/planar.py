@@ -32,8 +32,8 @@ def planar_step(z, u, w, b):
 
 class Planar(gaussian.Gaussian):
     def __init__(self, in_features: int, code_size: int, length: int, rngs: nnx.Rngs,
-                 init: str = "glorot_uniform"):
-        super().__init__(in_features, code_size, rngs, init)
+                 init: str = "glorot_uniform", logvar_bounds: tuple = (None, None)):
+        super().__init__(in_features, code_size, rngs, init, logvar_bounds)
         self.u = nnx.Param(jnp.zeros((length, code_size)))
         self.w = nnx.Param(0.01 * jax.random.normal(rngs.params(), (length, code_size)))
         self.b = nnx.Param(jnp.zeros((length,)))
@@ -62,7 +62,8 @@ class PlanarPart(gaussian.GaussianPart):
         check(n >= 1, f"bottleneck.flow_length={n} must be >= 1 (steps of the flow)")
 
     def build(self, b, in_features, map_channels, rngs, init):
-        return Planar(in_features, b.code_size, b.flow_length, rngs, init), b.code_size
+        bounds = gaussian.logvar_bounds(b)
+        return Planar(in_features, b.code_size, b.flow_length, rngs, init, bounds), b.code_size
 
 
 PART = PlanarPart()

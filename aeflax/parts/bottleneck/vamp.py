@@ -71,7 +71,7 @@ class VampPart(gaussian.GaussianPart):
         check(k >= 1, f"bottleneck.pseudo_inputs={k} must be >= 1 (the VampPrior's components)")
 
     def build(self, b, in_features, map_channels, rngs, init):
-        return Vamp(in_features, b.code_size, rngs, init), b.code_size
+        return Vamp(in_features, b.code_size, rngs, init, gaussian.logvar_bounds(b)), b.code_size
 
     def attach(self, b, module, encoder, image_shape, rngs):
         module.encoder = encoder

@@ -15,8 +15,10 @@ LIKELIHOODS = ("bernoulli", "gaussian")
 
 
 def kl_weight(hp, step):
-    """beta, ramped linearly from 0 over `warmup_steps` (KL warm-up); beta itself when 0."""
-    ramp = jnp.minimum(1.0, (step + 1) / jnp.maximum(hp["warmup_steps"], 1))
+    """beta, ramped linearly from 0 over `warmup_steps` (KL warm-up) in stairs of `warmup_stair` steps
+    (1: every step; an epoch's: the authors' beta = epoch / warmup); beta itself when 0."""
+    stair = hp["warmup_stair"]
+    ramp = jnp.minimum(1.0, (jnp.floor(step / stair) + 1) * stair / jnp.maximum(hp["warmup_steps"], 1))
     ramp = jnp.where(hp["warmup_steps"] > 0, ramp, 1.0)
     return hp["beta"] * ramp
 
@@ -34,6 +36,7 @@ class Fields:
     likelihood_std: float = 1.0  # gaussian decoder: fixed std of p(x|z) = N(recon, std^2 I)
     beta: float = traced(1.0)  # weight of the KL term (beta-VAE)
     warmup_epochs: int = traced(0, hp="warmup_steps")  # the KL weight ramps linearly from 0 to beta
+    warmup_per_epoch: bool = False  # the ramp steps once an epoch, to epoch / warmup_epochs (VampPrior code)
 
 
 class ELBO(Loss):
@@ -52,7 +55,8 @@ class ELBO(Loss):
         check(lo.warmup_epochs >= 0, f"loss.warmup_epochs={lo.warmup_epochs} must be >= 0")
 
     def hyperparameters(self, cfg, steps_per_epoch):
-        return {"beta": cfg.loss.beta, "warmup_steps": cfg.loss.warmup_epochs * steps_per_epoch}
+        return {"beta": cfg.loss.beta, "warmup_steps": cfg.loss.warmup_epochs * steps_per_epoch,
+                "warmup_stair": steps_per_epoch if cfg.loss.warmup_per_epoch else 1}
 
     def bound_terms(self, batch):
         """(log p(x|z), KL) per image and the metrics every likelihood bound reports."""
