@@ -194,7 +194,7 @@ def test_weight_penalties_sum_over_kernels_only():
 
 
 def test_kl_warmup_ramps_linearly_to_beta():
-    hp = {"beta": jnp.float32(4.0), "warmup_steps": jnp.float32(100)}
+    hp = {"beta": jnp.float32(4.0), "warmup_steps": jnp.float32(100), "warmup_stair": jnp.float32(1)}
     weights = [float(kl_weight(hp, s)) for s in (0, 49, 99, 500)]
     np.testing.assert_allclose(weights, [0.04, 2.0, 4.0, 4.0], rtol=1e-6)
     assert float(kl_weight(dict(hp, warmup_steps=jnp.float32(0)), 0)) == 4.0
