@@ -23,7 +23,7 @@ import numpy as np
 import optax
 from flax import nnx, struct
 
-from aeflax import objectives, parallel, parts
+from aeflax import objectives, parallel, parts, programs
 from aeflax.models import Autoencoder, build
 
 Metrics = dict[str, float]
@@ -45,7 +45,8 @@ class TrainState:
 
 # --- building --------------------------------------------------------------------------
 
-def make_model(cfg, image_shape, seed: int) -> Autoencoder:
+def make_model(cfg, image_shape, seed) -> Autoencoder:
+    """The model of the config, its parameters drawn from `seed` (an int or a JAX key)."""
     return build(cfg.model, cfg.bottleneck, tuple(image_shape), nnx.Rngs(params=seed))
 
 
@@ -91,25 +92,34 @@ def hyperparameters(cfg, steps_per_epoch: int) -> dict[str, jax.Array]:
 def init_state(cfg, image_shape, steps_per_epoch: int, seed: Optional[int] = None):
     """A fresh (graphdef, TrainState) for the config; `seed` defaults to cfg.seed."""
     seed = cfg.seed if seed is None else seed
-    graphdef, params, other = _initial_variables(cfg, tuple(image_shape), seed)
-    tx = make_optimizer(cfg, steps_per_epoch)
-    state = TrainState(params=params, other=other, opt_state=tx.init(params),
-                       key=jax.random.key_data(jax.random.key(seed + 1)),
-                       step=jnp.zeros((), jnp.int32), epoch=jnp.zeros((), jnp.int32))
-    return graphdef, state
+    graphdef, create = _initializer(cfg, tuple(image_shape), steps_per_epoch)
+    return graphdef, create(np.uint32(seed % 2**32))  # JAX keys hold a seed's low 32 bits
+
+
+def _initializer(cfg, image_shape, steps_per_epoch: int):
+    """(graphdef, create(seed) -> TrainState): the whole new state in one compiled program, the
+    seed its argument, so a sweep's seeds share one compilation (programs.shared). Op by op, the
+    seed AE's initialisers took 0.8 s of start-up (each op compiled on its own); same values."""
+    graphdef, _, _ = nnx.split(nnx.eval_shape(lambda: make_model(cfg, image_shape, 0)), nnx.Param, ...)
+
+    def build():
+        tx = make_optimizer(cfg, steps_per_epoch)
+
+        def create(seed):
+            _, params, other = nnx.split(make_model(cfg, image_shape, jax.random.key(seed)), nnx.Param, ...)
+            return TrainState(params=params, other=other, opt_state=tx.init(params),
+                              key=jax.random.key_data(jax.random.key(seed + 1)),
+                              step=jnp.zeros((), jnp.int32), epoch=jnp.zeros((), jnp.int32))
+
+        return create
+
+    return graphdef, programs.shared("init_state", cfg, graphdef, build, image_shape, steps_per_epoch)
 
 
 def _initial_variables(cfg, image_shape, seed: int):
-    """(graphdef, params, other) of a new model, initialised in one compiled program: op by op,
-    the seed AE's initialisers took 0.8 s of start-up (each op compiled on its own); same values."""
-    graphdef, _, _ = nnx.split(nnx.eval_shape(lambda: make_model(cfg, image_shape, seed)), nnx.Param, ...)
-
-    @jax.jit
-    def create():
-        _, params, other = nnx.split(make_model(cfg, image_shape, seed), nnx.Param, ...)
-        return params, other
-
-    return (graphdef, *create())
+    """(graphdef, params, other) of a new model, as init_state makes them."""
+    graphdef, state = init_state(cfg, image_shape, 1, seed)
+    return graphdef, state.params, state.other
 
 
 def merge(graphdef, state: TrainState) -> Autoencoder:
@@ -219,6 +229,20 @@ def make_evaluate(graphdef, cfg, num_eval: int, prefix: str) -> Callable:
     return evaluate
 
 
+def compiled_train_epoch(graphdef, cfg, num_train: int, batch_sharding=None) -> Callable:
+    """make_train_epoch jitted (the state donated); runs of one program (a sweep's seeds and traced
+    values) share it (aeflax.programs), so it compiles once per process."""
+    return programs.shared("train_epoch", cfg, graphdef,
+                           lambda: make_train_epoch(graphdef, cfg, num_train, batch_sharding),
+                           num_train, batch_sharding, donate_argnums=0)
+
+
+def compiled_evaluate(graphdef, cfg, num_eval: int, prefix: str) -> Callable:
+    """make_evaluate jitted, shared as compiled_train_epoch is."""
+    return programs.shared("evaluate", cfg, graphdef, lambda: make_evaluate(graphdef, cfg, num_eval, prefix),
+                           num_eval, prefix)
+
+
 # --- the loop --------------------------------------------------------------------------
 
 class NonFiniteLoss(FloatingPointError):
@@ -262,8 +286,8 @@ def fit(cfg, dataset, *, state: Optional[TrainState] = None, graphdef=None,
         graphdef, state = init_state(cfg, dataset.image_shape, n_steps)
     state, hp = parallel.replicate((state, hyperparameters(cfg, n_steps)), mesh)
     sharding = parallel.batched(mesh) if mesh is not None else None
-    train_epoch = jax.jit(make_train_epoch(graphdef, cfg, len(dataset.train), sharding), donate_argnums=0)
-    evaluate = jax.jit(make_evaluate(graphdef, cfg, len(eval_split), eval_name))
+    train_epoch = compiled_train_epoch(graphdef, cfg, len(dataset.train), sharding)
+    evaluate = compiled_evaluate(graphdef, cfg, len(eval_split), eval_name)
 
     history: list[Metrics] = []
     start = int(state.epoch)
