@@ -17,13 +17,16 @@ import hashlib
 import json
 import logging
 import os
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Optional
 
 import jax
-import orbax.checkpoint as ocp
+import jax.numpy as jnp
 
 if TYPE_CHECKING:
+    import orbax.checkpoint as ocp
+
     from aeflax.training import TrainState
 
 DIRNAME = "checkpoints"
@@ -38,6 +41,8 @@ FRESH_HINT = "run again with fresh=true to start over (this deletes the run's ch
 
 
 def manager(run_dir: str | Path, max_to_keep: int = 2) -> ocp.CheckpointManager:
+    import orbax.checkpoint as ocp  # loads when a run saves or restores, not with this module
+
     path = (Path(run_dir) / DIRNAME).absolute()
     if path.exists() and not path.is_dir():
         raise CheckpointError(f"{path} is not a directory; {FRESH_HINT}")
@@ -53,6 +58,8 @@ def manager(run_dir: str | Path, max_to_keep: int = 2) -> ocp.CheckpointManager:
 
 
 def save(mgr: ocp.CheckpointManager, epoch: int, state: TrainState) -> None:
+    import orbax.checkpoint as ocp
+
     mgr.save(epoch, args=ocp.args.StandardSave(state))
     mgr.wait_until_finished()
     if jax.process_index() != 0:
@@ -92,6 +99,8 @@ def restore(mgr: ocp.CheckpointManager, target: TrainState, epoch: Optional[int]
     epoch = mgr.latest_step() if epoch is None else epoch
     if epoch is None:
         raise CheckpointError(f"no checkpoint in {mgr.directory}")
+    import orbax.checkpoint as ocp
+
     expected = _read_digests(mgr).get(str(epoch))  # none if killed between saving and digesting
     if expected is not None and _digest(Path(mgr.directory) / str(epoch)) != expected:
         raise CheckpointError(f"checkpoint {epoch} in {mgr.directory} is corrupted (its files changed since "
@@ -101,6 +110,48 @@ def restore(mgr: ocp.CheckpointManager, target: TrainState, epoch: Optional[int]
     except Exception as err:  # noqa: BLE001 - any unreadable checkpoint is one clear error
         raise CheckpointError(f"checkpoint {epoch} in {mgr.directory} cannot be read ({_first_line(err)}); "
                               f"{FRESH_HINT}") from None
+
+
+def started(run_dir: str | Path) -> bool:
+    """Whether the run directory has a checkpoints/ entry (a run to resume, or one to report)."""
+    return os.path.lexists(Path(run_dir) / DIRNAME)
+
+
+@jax.jit
+def _copy(tree):
+    return jax.tree.map(jnp.copy, tree)
+
+
+class Writer:
+    """A run's checkpoint saves, written on a thread of their own while the next epochs train.
+
+    `mgr` is the run's manager, or None for a run without checkpoints yet: then Orbax loads
+    on that thread too. Saves are written in order; `manager()` waits for them (and raises the
+    error of one that failed), `save` raises an earlier failed save's error. With several
+    processes every save is written at once, in step with the others (Orbax's rule).
+    """
+
+    def __init__(self, run_dir: str | Path, mgr: Optional[ocp.CheckpointManager] = None):
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="aeflax-checkpoint")
+        self._mgr = self._pool.submit(lambda: mgr or manager(run_dir))
+        self._last: Future = self._mgr
+        self._inline = jax.process_count() > 1
+
+    def save(self, epoch: int, state: TrainState) -> None:
+        if self._last.done():
+            self._last.result()  # an earlier save that failed fails the run here
+        state = _copy(state)  # the next epoch reuses (donates) the buffers of `state`
+        self._last = self._pool.submit(lambda: save(self._mgr.result(), epoch, state))
+        if self._inline:
+            self._last.result()
+
+    def manager(self) -> ocp.CheckpointManager:
+        """The run's manager once every save so far is on disk."""
+        self._last.result()
+        return self._mgr.result()
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True)
 
 
 def _digest(step_dir: Path) -> str:

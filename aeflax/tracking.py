@@ -17,7 +17,8 @@ import os
 import shutil
 import socket
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional
 from urllib.parse import urlparse
@@ -209,6 +210,21 @@ def readable_id(name: str, first: Sequence[str] = (), length: int = 40) -> str:
     return f"{slug}-{tail}" if slug else tail
 
 
+def new_run_id(logger_cfg: LoggerConfig, run_dir: str | Path, name: str) -> Optional[str]:
+    """The id of a new W&B run, chosen before W&B starts (None with W&B disabled): summary.json
+    keeps it from the first epoch on, so a run killed while W&B starts in the background still
+    resumes into this run. In a sweep's shared workspace `readable_id`, else the 8 lower-case
+    letters and digits `wandb.init` would draw itself."""
+    if logger_cfg.mode == "disabled":
+        return None
+    wandb_dir = Path(getattr(logger_cfg, "dir", None) or run_dir)
+    if wandb_dir.resolve() != Path(run_dir).resolve():
+        return readable_id(name, first=swept_keys(wandb_dir))
+    import secrets
+
+    return "".join(secrets.choice("abcdefghijklmnopqrstuvwxyz0123456789") for _ in range(8))
+
+
 def _short(key: str) -> str:
     """`bottleneck.code_size` -> `cs`, `seed` -> `seed`."""
     last = key.rsplit(".", 1)[-1]
@@ -228,7 +244,8 @@ def swept_keys(sweep_dir: Path) -> list[str]:
 class WandbRun:
     """A W&B run that never stops training: failures become one warning and a no-op.
 
-    `run_id` (kept in summary.json) resumes the same W&B run after a crash, offline too.
+    `run_id` (kept in summary.json) resumes the same W&B run after a crash, offline too;
+    `new_id` names a new run (`new_run_id`; by default W&B or `readable_id` draws it).
     W&B writes into `<logger.dir or run_dir>/wandb/`; a multirun sets logger.dir to its sweep
     directory, so the sweep is one folder that `wandb leet` shows as one workspace: each run
     is named by its directory (the job's overrides: leet's filter finds runs by them) and a new
@@ -239,7 +256,7 @@ class WandbRun:
     BEST = ("val/loss", "test/loss")
 
     def __init__(self, logger_cfg: LoggerConfig, run_dir: str | Path, config: dict, name: str,
-                 group: Optional[str], run_id: Optional[str] = None):
+                 group: Optional[str], run_id: Optional[str] = None, new_id: Optional[str] = None):
         self.run = None
         self.run_dir = Path(run_dir)
         self.wandb_dir = Path(getattr(logger_cfg, "dir", None) or run_dir)
@@ -257,11 +274,12 @@ class WandbRun:
                 check_online(os.environ.get("WANDB_BASE_URL") or wandb.Settings().base_url)
             self.wandb_dir.mkdir(parents=True, exist_ok=True)
             if run_id is None and self.shared:  # leet lists a workspace by its folders, ending in the id
-                run_id = readable_id(name, first=swept_keys(self.wandb_dir))
+                run_id = new_id or readable_id(name, first=swept_keys(self.wandb_dir))
             self.run = wandb.init(
                 project=logger_cfg.project, entity=logger_cfg.entity, group=group,
                 job_type=logger_cfg.job_type, tags=list(logger_cfg.tags), name=name, config=config,
-                dir=str(self.wandb_dir), mode=logger_cfg.mode, id=run_id, resume="allow" if run_id else None,
+                dir=str(self.wandb_dir), mode=logger_cfg.mode, id=run_id or new_id,
+                resume="allow" if run_id else None,
                 settings=wandb.Settings(console="off", silent=True, init_timeout=60))
             self.run.define_metric("epoch")
             self.run.define_metric("*", step_metric="epoch")  # per-epoch curves over the epoch
@@ -338,6 +356,67 @@ class WandbRun:
                                   metadata={"run_dir": str(self.run_dir)})
         artifact.add_dir(str(self.run_dir / DIRNAME))
         self.run.log_artifact(artifact, aliases=["latest"])
+
+
+class BackgroundRun:
+    """A WandbRun started and driven on a thread of its own, so that `wandb.init` (imports and
+    the wandb-core service: seconds) runs while the model trains. Every call is queued in order
+    and returns at once; `started()` waits for W&B to start, `finish` for all that was queued.
+
+    `start` makes the WandbRun (on that thread); `images`: the run will log figures, so what W&B
+    loads for its first image is loaded beside the training too.
+    """
+
+    def __init__(self, start: Callable[[], WandbRun], images: bool = False):
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="aeflax-wandb")
+        self._closed = False  # finished: later calls are no-ops, as WandbRun's
+        self._run = self._pool.submit(start)
+        if images:
+            self._pool.submit(self._prepare_images)
+
+    def started(self) -> None:
+        """Wait until W&B has started (or failed to: then every call is a no-op)."""
+        self._run.result()
+
+    @property
+    def id(self) -> Optional[str]:
+        """The W&B run's id once started, None if W&B is off or failed to start (waits for it)."""
+        return self._run.result().id
+
+    def _prepare_images(self) -> None:
+        if self._run.result().id is not None:
+            import pandas  # noqa: F401 - wandb.log imports it for its DataFrame check on the first image
+
+    def _queue(self, method: str, *args, **kwargs) -> None:
+        if self._closed:
+            return
+
+        def call():
+            try:
+                getattr(self._run.result(), method)(*args, **kwargs)
+            except Exception as err:  # noqa: BLE001 - tracking must never lose a run
+                log.warning("W&B %s failed (%s: %s); the local record is still written", method,
+                            type(err).__name__, err)
+
+        self._pool.submit(call)
+
+    def log(self, metrics: dict, step: Optional[int] = None) -> None:
+        self._queue("log", dict(metrics), step=step)
+
+    def continue_from(self, points: list[dict]) -> None:
+        self._queue("continue_from", points)
+
+    def log_image(self, key: str, path: str | Path, step: Optional[int] = None) -> None:
+        self._queue("log_image", key, path, step=step)
+
+    def summary(self, summary: dict) -> None:
+        self._queue("summary", dict(summary))
+
+    def finish(self, exit_code: int = 0) -> None:
+        """Finish the W&B run once everything queued is done; returns when it is."""
+        self._queue("finish", exit_code=exit_code)
+        self._closed = True
+        self._pool.shutdown(wait=True)
 
 
 def _unclean(value):
