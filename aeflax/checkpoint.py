@@ -145,6 +145,12 @@ class Writer:
         if self._inline:
             self._last.result()
 
+    def save_final(self, state: TrainState) -> None:
+        """`save_final` after the saves queued before it (the run evaluates meanwhile)."""
+        self._last = self._pool.submit(lambda: save_final(self._mgr.result(), state))
+        if self._inline:
+            self._last.result()
+
     def manager(self) -> ocp.CheckpointManager:
         """The run's manager once every save so far is on disk."""
         self._last.result()

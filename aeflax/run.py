@@ -310,26 +310,30 @@ def _train(cfg, dataset, workdir: Path, record: Optional[RunRecord], tracker: Op
         figures_ready.start()
     writer = checkpoint.Writer(workdir, mgr)
     try:
+        trained_at = time.time()
         result = training.fit(cfg, dataset, state=state, graphdef=graphdef, on_epoch=on_epoch,
                               progress=progress, trained=trained, stop=signals.agreed)
-        mgr = writer.manager()
+        summary["time/train_seconds"] = time.time() - trained_at  # the epochs, their records and saves
+        if signals.stopped:
+            mgr = writer.manager()
+            if done["state"] is not None and done["epoch"] not in mgr.all_steps():
+                checkpoint.save(mgr, done["epoch"], done["state"])
+            raise Interrupted(signals.name, done["epoch"], workdir)
+        writer.save_final(result.state)  # the kept state (the best epoch's after early stopping)
+        if not primary:
+            writer.manager()
+            return {"status": "finished", "process": jax.process_index()}
+        result.state = parallel.local_copy(result.state)  # several processes: process 0 evaluates alone
+        result.history = earlier + result.history  # every epoch, those before a resume included
+        final = dict(next(h for h in reversed(result.history) if h["epoch"] == int(result.state.epoch)))
+        if dataset.val is not None:  # the held-out test set, once, at the end
+            final.update(evaluation.test_metrics(cfg, result.graphdef, result.state, dataset.test))
+        if figures_ready.is_alive():
+            figures_ready.join()  # pyplot draws on one thread at a time
+        final.update(evaluation.evaluate_run(cfg, result, dataset, workdir, tracker))
+        writer.manager()  # the checkpoints are on disk before the run says it finished
     finally:
         writer.close()
-    if signals.stopped:
-        if done["state"] is not None and done["epoch"] not in mgr.all_steps():
-            checkpoint.save(mgr, done["epoch"], done["state"])
-        raise Interrupted(signals.name, done["epoch"], workdir)
-    checkpoint.save_final(mgr, result.state)  # the kept state (the best epoch's after early stopping)
-    if not primary:
-        return {"status": "finished", "process": jax.process_index()}
-    result.state = parallel.local_copy(result.state)  # several processes: process 0 evaluates alone
-    result.history = earlier + result.history  # every epoch, those before a resume included
-    final = dict(next(h for h in reversed(result.history) if h["epoch"] == int(result.state.epoch)))
-    if dataset.val is not None:  # the held-out test set, once, at the end
-        final.update(evaluation.test_metrics(cfg, result.graphdef, result.state, dataset.test))
-    if figures_ready.is_alive():
-        figures_ready.join()  # pyplot draws on one thread at a time
-    final.update(evaluation.evaluate_run(cfg, result, dataset, workdir, tracker))
     epoch_times = [h["epoch_seconds"] for h in result.history]
     summary.update({k: v for k, v in final.items() if "/" in k})
     summary.update({
