@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import io
 from collections.abc import Sequence
 from pathlib import Path
@@ -14,6 +15,7 @@ import numpy as np  # noqa: E402
 from threadpoolctl import threadpool_limits  # noqa: E402
 
 
+@functools.cache  # once per process: a sweep's later runs find matplotlib ready
 def warm_up() -> None:
     """Draw a small figure into memory and drop it: matplotlib's first figure loads its fonts and
     sets up the canvas (about half a second), which run.py has done beside the training."""

@@ -35,6 +35,7 @@ from aeflax.tracking import (
     new_run_id,
     read_metrics,
     read_summary,
+    start_service,
     write_json_atomic,
 )
 
@@ -350,12 +351,22 @@ def _prepare_figures(tracker: BackgroundRun) -> None:
     parse Python source as they load, and CPython 3.11's ast.parse is not thread-safe (a W&B
     start beside it failed with "AST constructor recursion depth mismatch")."""
     tracker.started()
-    try:
-        from aeflax import figures
+    prepare(wandb=False, figures=True)
 
-        figures.warm_up()
-    except Exception as err:  # noqa: BLE001 - only a head start: the figures load where they are drawn
-        log.debug("preparing the figures failed: %s", err)
+
+def prepare(wandb: bool, figures: bool) -> None:
+    """Load ahead what the first run of a process waits for at its start and end: W&B's service
+    and matplotlib with a first figure. The vmap launcher calls it on a thread while its groups
+    train; one thing after the other (see _prepare_figures)."""
+    if wandb:
+        start_service()
+    if figures:
+        try:
+            from aeflax import figures as drawing
+
+            drawing.warm_up()
+        except Exception as err:  # noqa: BLE001 - only a head start: the figures load where they are drawn
+            log.debug("preparing the figures failed: %s", err)
 
 
 def unwritable(path: Path) -> Optional[str]:

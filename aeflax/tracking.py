@@ -424,6 +424,18 @@ def _unclean(value):
     return float(value) if value in ("nan", "inf", "-inf") else value
 
 
+def start_service() -> None:
+    """Import W&B and start its service (wandb.setup), what the first W&B run of a process otherwise
+    waits for (about 1.5 s): the vmap launcher does it while its groups train."""
+    try:
+        import wandb
+
+        _list_packages_once(wandb)
+        wandb.setup()
+    except Exception as err:  # noqa: BLE001 - only a head start: each run's wandb.init says what fails
+        log.debug("W&B's service did not start ahead: %s", err)
+
+
 def _list_packages_once(wandb) -> None:
     """W&B records the installed packages at every `wandb.init` (0.2 s each here); they do not
     change within a process, so the jobs of a multirun list them once."""
