@@ -126,8 +126,8 @@ class Writer:
     """A run's checkpoint saves, written on a thread of their own while the next epochs train.
 
     `mgr` is the run's manager, or None for a run without checkpoints yet: then Orbax loads
-    on that thread too. Saves are written in order; `manager()` waits for them (and raises the
-    error of one that failed), `save` raises an earlier failed save's error. With several
+    on that thread too. A save is written while the next epoch trains, one at a time: `save`
+    waits for the one before (and raises its error), `manager()` for all of them. With several
     processes every save is written at once, in step with the others (Orbax's rule).
     """
 
@@ -135,13 +135,14 @@ class Writer:
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="aeflax-checkpoint")
         self._mgr = self._pool.submit(lambda: mgr or manager(run_dir))
         self._last: Future = self._mgr
+        self._saving: Optional[Future] = None
         self._inline = jax.process_count() > 1
 
     def save(self, epoch: int, state: TrainState) -> None:
-        if self._last.done():
-            self._last.result()  # an earlier save that failed fails the run here
+        if self._saving is not None:  # one save at a time beside the training: a slow disk holds it
+            self._saving.result()  # back and no copies pile up; an earlier failed save fails the run here
         state = _copy(state)  # the next epoch reuses (donates) the buffers of `state`
-        self._last = self._pool.submit(lambda: save(self._mgr.result(), epoch, state))
+        self._saving = self._last = self._pool.submit(lambda: save(self._mgr.result(), epoch, state))
         if self._inline:
             self._last.result()
 

@@ -95,5 +95,7 @@ def test_a_failed_save_fails_the_run_at_the_next_save_or_wait(tmp_path, monkeypa
     writer = checkpoint.Writer(tmp_path)
     writer.save(1, state)
     with pytest.raises(OSError, match="No space left"):
+        writer.save(2, state)  # waits for the save before it, one at a time
+    with pytest.raises(OSError, match="No space left"):
         writer.manager()
     writer.close()
