@@ -112,9 +112,13 @@ def restore(mgr: ocp.CheckpointManager, target: TrainState, epoch: Optional[int]
                               f"{FRESH_HINT}") from None
 
 
-def started(run_dir: str | Path) -> bool:
-    """Whether the run directory has a checkpoints/ entry (a run to resume, or one to report)."""
-    return os.path.lexists(Path(run_dir) / DIRNAME)
+def existing_manager(run_dir: str | Path) -> Optional[ocp.CheckpointManager]:
+    """The run's manager now where it has a checkpoints/ entry (a run to resume, or one to
+    report) or runs as several processes (Orbax synchronises them as it makes one: on their main
+    threads, at the same point); else None, and the Writer makes it (Orbax loads on its thread)."""
+    if os.path.lexists(Path(run_dir) / DIRNAME) or jax.process_count() > 1:
+        return manager(run_dir)
+    return None
 
 
 @jax.jit

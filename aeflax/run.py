@@ -270,7 +270,7 @@ def _train(cfg, dataset, workdir: Path, record: Optional[RunRecord], tracker: Op
     from aeflax import checkpoint, evaluation, training
 
     primary = record is not None
-    mgr = checkpoint.manager(workdir) if checkpoint.started(workdir) else None  # else Orbax loads later
+    mgr = checkpoint.existing_manager(workdir)  # None: Orbax loads beside the training
     n_steps = training.steps_per_epoch(len(dataset.train), min(cfg.train.batch_size, len(dataset.train)))
     graphdef, state = training.init_state(cfg, dataset.image_shape, n_steps)
     last = checkpoint.latest_epoch(mgr) if mgr is not None else None
