@@ -275,8 +275,8 @@ class WandbRun:
             self.wandb_dir.mkdir(parents=True, exist_ok=True)
             if run_id is None and self.shared:  # leet lists a workspace by its folders, ending in the id
                 run_id = new_id or readable_id(name, first=swept_keys(self.wandb_dir))
-            self.run = wandb.init(
-                project=logger_cfg.project, entity=logger_cfg.entity, group=group,
+            self.run = _init_when_free(
+                wandb, project=logger_cfg.project, entity=logger_cfg.entity, group=group,
                 job_type=logger_cfg.job_type, tags=list(logger_cfg.tags), name=name, config=config,
                 dir=str(self.wandb_dir), mode=logger_cfg.mode, id=run_id or new_id,
                 resume="allow" if run_id else None,
@@ -356,6 +356,25 @@ class WandbRun:
                                   metadata={"run_dir": str(self.run_dir)})
         artifact.add_dir(str(self.run_dir / DIRNAME))
         self.run.log_artifact(artifact, aliases=["latest"])
+
+
+def _init_when_free(wandb, seconds: float = 10.0, **kwargs):
+    """`wandb.init(**kwargs)`, again for up to `seconds` while W&B's service still holds the run id
+    for a process that was killed: a process started by one that used W&B shares its service
+    (WANDB_SERVICE), which lets go of a dead process's run a moment after its death. The folder a
+    refused start made (its debug logs) goes, so the workspace keeps one folder per attempt."""
+    deadline = time.monotonic() + seconds
+    folders = lambda: set((Path(kwargs["dir"]) / "wandb").glob(f"*run-*-{kwargs['id']}*"))  # noqa: E731
+    while True:
+        before = folders()
+        try:
+            return wandb.init(**kwargs)
+        except Exception as err:  # noqa: BLE001 - W&B's own error types move between versions
+            if "is in use" not in str(err) or time.monotonic() > deadline:
+                raise
+            for folder in folders() - before:
+                shutil.rmtree(folder, ignore_errors=True)
+            time.sleep(0.5)
 
 
 class BackgroundRun:

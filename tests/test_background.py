@@ -99,3 +99,31 @@ def test_a_failed_save_fails_the_run_at_the_next_save_or_wait(tmp_path, monkeypa
     with pytest.raises(OSError, match="No space left"):
         writer.manager()
     writer.close()
+
+
+def test_wandb_init_waits_while_the_service_still_holds_a_killed_process_run(tmp_path, monkeypatch):
+    folders = tmp_path / "wandb"
+
+    class Service:
+        """wandb as a service that holds the run id for its first two calls; each call makes its
+        folder first, as wandb.init does."""
+
+        calls = 0
+
+        def init(self, **kwargs):
+            self.calls += 1
+            (folders / f"offline-run-2026120{self.calls}_000000-{kwargs['id']}").mkdir()
+            if self.calls <= 2:
+                raise RuntimeError(f"run ID {kwargs['id']} is in use")
+            return f"run {kwargs['id']}"
+
+    folders.mkdir()
+    (folders / "offline-run-20261130_000000-abc").mkdir()  # the killed attempt's folder: kept
+    (folders / "offline-run-20261201_000000-other").mkdir()  # another run's: kept
+    monkeypatch.setattr(tracking.time, "sleep", lambda seconds: None)
+    assert tracking._init_when_free(Service(), dir=str(tmp_path), id="abc") == "run abc"
+    assert sorted(p.name for p in folders.iterdir()) == ["offline-run-20261130_000000-abc",
+                                                          "offline-run-20261201_000000-other",
+                                                          "offline-run-20261203_000000-abc"]
+    with pytest.raises(RuntimeError, match="is in use"):
+        tracking._init_when_free(Service(), seconds=-1, dir=str(tmp_path), id="abc")  # no time left
