@@ -200,12 +200,6 @@ def map_batches(f: Callable, arrays: tuple, batch_size: int, desc: Optional[str]
     return {k: np.concatenate([o[k] for o in outs]) for k in outs[0]}
 
 
-def batched(fn: Callable, model, arrays: tuple, batch_size: int, desc: Optional[str] = None,
-            long: bool = False) -> dict:
-    """`fn(model, *batch) -> dict of [B, ...]` jit-compiled and mapped over `arrays` in batches."""
-    return map_batches(jit_model_fn(fn, model), arrays, batch_size, desc, long)
-
-
 def eval_key(state):
     """The key training.make_evaluate derives its test inputs from."""
     return _eval_key(state.key)
