@@ -17,13 +17,16 @@ import hashlib
 import json
 import logging
 import os
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Optional
 
 import jax
-import orbax.checkpoint as ocp
+import jax.numpy as jnp
 
 if TYPE_CHECKING:
+    import orbax.checkpoint as ocp
+
     from aeflax.training import TrainState
 
 DIRNAME = "checkpoints"
@@ -41,6 +44,8 @@ FRESH_HINT = "run again with fresh=true to start over (this deletes the run's ch
 
 
 def manager(run_dir: str | Path, max_to_keep: int = 2, dirname: str = DIRNAME) -> ocp.CheckpointManager:
+    import orbax.checkpoint as ocp  # loads when a run saves or restores, not with this module
+
     path = (Path(run_dir) / dirname).absolute()
     if path.exists() and not path.is_dir():
         raise CheckpointError(f"{path} is not a directory; {FRESH_HINT}")
@@ -56,6 +61,8 @@ def manager(run_dir: str | Path, max_to_keep: int = 2, dirname: str = DIRNAME) -
 
 
 def save(mgr: ocp.CheckpointManager, epoch: int, state: TrainState) -> None:
+    import orbax.checkpoint as ocp
+
     mgr.save(epoch, args=ocp.args.StandardSave(state))
     mgr.wait_until_finished()
     if jax.process_index() != 0:
@@ -95,6 +102,8 @@ def restore(mgr: ocp.CheckpointManager, target: TrainState, epoch: Optional[int]
     epoch = mgr.latest_step() if epoch is None else epoch
     if epoch is None:
         raise CheckpointError(f"no checkpoint in {mgr.directory}")
+    import orbax.checkpoint as ocp
+
     expected = _read_digests(mgr).get(str(epoch))  # none if killed between saving and digesting
     if expected is not None and _digest(Path(mgr.directory) / str(epoch)) != expected:
         raise CheckpointError(f"checkpoint {epoch} in {mgr.directory} is corrupted (its files changed since "
@@ -106,21 +115,75 @@ def restore(mgr: ocp.CheckpointManager, target: TrainState, epoch: Optional[int]
                               f"{FRESH_HINT}") from None
 
 
+def _digests_name(dirname: str) -> str:
+    return DIGESTS if dirname == DIRNAME else f"{dirname}_digests.json"
+
+
 def digests_path(mgr: ocp.CheckpointManager) -> Path:
     """The digest file beside the manager's directory (checkpoint_digests.json for checkpoints/)."""
     directory = Path(mgr.directory)
-    name = DIGESTS if directory.name == DIRNAME else f"{directory.name}_digests.json"
-    return directory.parent / name
+    return directory.parent / _digests_name(directory.name)
 
 
 def remove(run_dir: str | Path, dirname: str) -> None:
     """Delete a checkpoint directory and its digest file."""
     import shutil
 
-    directory = Path(run_dir) / dirname
-    shutil.rmtree(directory, ignore_errors=True)
-    name = DIGESTS if dirname == DIRNAME else f"{dirname}_digests.json"
-    (Path(run_dir) / name).unlink(missing_ok=True)
+    shutil.rmtree(Path(run_dir) / dirname, ignore_errors=True)
+    (Path(run_dir) / _digests_name(dirname)).unlink(missing_ok=True)
+
+
+def existing_manager(run_dir: str | Path) -> Optional[ocp.CheckpointManager]:
+    """The run's manager now where it has a checkpoints/ entry (a run to resume, or one to
+    report) or runs as several processes (Orbax synchronises them as it makes one: on their main
+    threads, at the same point); else None, and the Writer makes it (Orbax loads on its thread)."""
+    if os.path.lexists(Path(run_dir) / DIRNAME) or jax.process_count() > 1:
+        return manager(run_dir)
+    return None
+
+
+@jax.jit
+def _copy(tree):
+    return jax.tree.map(jnp.copy, tree)
+
+
+class Writer:
+    """A run's checkpoint saves, written on a thread of their own while the next epochs train.
+
+    `mgr` is the run's manager, or None for a run without checkpoints yet: then Orbax loads
+    on that thread too. A save is written while the next epoch trains, one at a time: `save`
+    waits for the one before (and raises its error), `manager()` for all of them. With several
+    processes every save is written at once, in step with the others (Orbax's rule).
+    """
+
+    def __init__(self, run_dir: str | Path, mgr: Optional[ocp.CheckpointManager] = None):
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="aeflax-checkpoint")
+        self._mgr = self._pool.submit(lambda: mgr or manager(run_dir))
+        self._last: Future = self._mgr
+        self._saving: Optional[Future] = None
+        self._inline = jax.process_count() > 1
+
+    def save(self, epoch: int, state: TrainState) -> None:
+        if self._saving is not None:  # one save at a time beside the training: a slow disk holds it
+            self._saving.result()  # back and no copies pile up; an earlier failed save fails the run here
+        state = _copy(state)  # the next epoch reuses (donates) the buffers of `state`
+        self._saving = self._last = self._pool.submit(lambda: save(self._mgr.result(), epoch, state))
+        if self._inline:
+            self._last.result()
+
+    def save_final(self, state: TrainState) -> None:
+        """`save_final` after the saves queued before it (the run evaluates meanwhile)."""
+        self._last = self._pool.submit(lambda: save_final(self._mgr.result(), state))
+        if self._inline:
+            self._last.result()
+
+    def manager(self) -> ocp.CheckpointManager:
+        """The run's manager once every save so far is on disk."""
+        self._last.result()
+        return self._mgr.result()
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True)
 
 
 def _digest(step_dir: Path) -> str:

@@ -130,17 +130,32 @@ def _cache_path(name: str, root: Path) -> Path:
     return root / "aeflax_arrays" / f"{name.replace('/', '__')}.v{CACHE_FORMAT}.npz"
 
 
+_last_read: dict = {}  # the arrays of the last .npz read, by (path, size, mtime): a sweep reads it once
+
+
 def _read_cache(name: str, root: Path) -> Optional[dict]:
-    """The .npz copy, or None when there is none or it is damaged (then it is rebuilt)."""
+    """The .npz copy, or None when there is none or it is damaged (then it is rebuilt).
+
+    The arrays are read-only and the last file's are kept, so the runs of one process (a sweep's
+    jobs) read the file once; a file rewritten since is read again."""
     path = _cache_path(name, root)
-    if not path.exists():
+    try:
+        stat = path.stat()
+    except OSError:
         return None
+    key = (str(path.absolute()), stat.st_size, stat.st_mtime_ns)
+    if key in _last_read:
+        return _last_read[key]
     try:
         with np.load(path) as f:
             arrays = {k: f[k] for k in CACHE_KEYS}
         if len(arrays["train_images"]) != len(arrays["train_labels"]) or \
                 len(arrays["test_images"]) != len(arrays["test_labels"]):
             raise ValueError("images and labels differ in number")
+        for a in arrays.values():
+            a.flags.writeable = False
+        _last_read.clear()
+        _last_read[key] = arrays
         return arrays
     except Exception as err:  # noqa: BLE001 - cut short (a full disk), garbled, an older layout
         log.warning("the cached copy %s is damaged (%s: %s); rebuilding it from the prepared tfds data",

@@ -25,6 +25,7 @@ import math
 import time
 import warnings
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Optional
 
@@ -35,7 +36,7 @@ from flax import nnx
 from threadpoolctl import threadpool_limits
 from tqdm.auto import tqdm
 
-from aeflax import objectives, parts, training
+from aeflax import objectives, parts, programs, training
 from aeflax.tracking import RunRecord
 
 # fold_in constants of evaluation's own random streams (beside training's)
@@ -164,6 +165,20 @@ def jit_model_fn(fn: Callable, model) -> Callable:
     return lambda *batch: jfn(state, *batch)
 
 
+def shared_model_fn(name: str, cfg, model, build: Callable[[], Callable], *static) -> Callable:
+    """`build()(model, *args)` compiled once per program (aeflax.programs.shared) and bound to the
+    model's current variables: the runs of a sweep share the compilation. `build` reads nothing
+    of the run but `cfg` (None: the model alone) and `static`; keys and levels are arguments."""
+    graphdef, variables = nnx.split(model)
+
+    def build_jitted():
+        fn = build()
+        return lambda v, *args: fn(nnx.merge(graphdef, v), *args)
+
+    jfn = programs.shared(name, cfg, graphdef, build_jitted, *static)
+    return lambda *args: jfn(variables, *args)
+
+
 def map_batches(f: Callable, arrays: tuple, batch_size: int, desc: Optional[str] = None,
                 long: bool = False) -> dict:
     """Apply `f(*batch) -> dict of [B, ...]` batch by batch and concatenate on the host.
@@ -185,92 +200,117 @@ def map_batches(f: Callable, arrays: tuple, batch_size: int, desc: Optional[str]
     return {k: np.concatenate([o[k] for o in outs]) for k in outs[0]}
 
 
-def batched(fn: Callable, model, arrays: tuple, batch_size: int, desc: Optional[str] = None,
-            long: bool = False) -> dict:
-    """`fn(model, *batch) -> dict of [B, ...]` jit-compiled and mapped over `arrays` in batches."""
-    return map_batches(jit_model_fn(fn, model), arrays, batch_size, desc, long)
-
-
 def eval_key(state):
     """The key training.make_evaluate derives its test inputs from."""
-    return jax.random.fold_in(jax.random.wrap_key_data(state.key), training.EVAL_STREAM)
+    return _eval_key(state.key)
 
 
-def test_inputs(cfg, key, images, idx):
-    """(encoder input, clean target) of the images at `idx`, drawn as training.make_evaluate does."""
+def _eval_key(raw_key):
+    """eval_key from the state's raw key data (inside a compiled program, where it is an argument)."""
+    return jax.random.fold_in(jax.random.wrap_key_data(raw_key), training.EVAL_STREAM)
+
+
+def noise_levels(cfg) -> dict:
+    """The training noise's traced levels, as test_inputs reads them."""
+    return {k: np.float32(v) for k, v in parts.noise_of(cfg).hyperparameters(cfg, 1).items()}
+
+
+def test_inputs(cfg, key, images, idx, levels: dict):
+    """(encoder input, clean target) of the images at `idx`, drawn as training.make_evaluate does;
+    `levels` is noise_levels(cfg) (an argument, so that one compiled program serves every level)."""
     x = images.astype(jnp.float32) / 255.0
     if cfg.data.binarize == "dynamic":
         bkeys = jax.vmap(lambda i: jax.random.fold_in(key, i))(idx)
         x = jax.vmap(lambda k, xi: jax.random.bernoulli(k, xi))(bkeys, x).astype(jnp.float32)
     nkeys = jax.vmap(lambda i: jax.random.fold_in(jax.random.fold_in(key, training.NOISE_STREAM), i))(idx)
-    hp = {k: jnp.float32(v) for k, v in parts.noise_of(cfg).hyperparameters(cfg, 1).items()}
-    return parts.noise_of(cfg).corrupt_batch(nkeys, x, hp), x
+    return parts.noise_of(cfg).corrupt_batch(nkeys, x, levels), x
 
 
 def test_terms(cfg, model, state, images, with_ssim: bool = True) -> dict:
     """Per-image terms on the test inputs: the objective's terms, SSIM, and q(z|x) for VAEs."""
-    key = eval_key(state)
     bs = min(cfg.train.eval_batch_size, len(images))
     posterior = parts.bottleneck_of(cfg).posterior
-    hp = training.hyperparameters(cfg, 1)
 
-    def fn(model, xb, idx):
-        x_in, x = test_inputs(cfg, key, xb, idx)
-        terms = objectives.eval_terms(model, x_in, x, jax.random.fold_in(key, idx[0] // bs), cfg, hp)
-        if with_ssim or posterior:  # a second pass: eval_terms keeps its outputs to itself
-            out = model(x_in, train=False)
-            if with_ssim:
-                terms["ssim"] = ssim(out["recon"], x)
-            if posterior:
-                terms.update(mean=out["mean"], logvar=out["logvar"])
-        return terms
+    def build():
+        def fn(model, raw_key, hp, levels, xb, idx):
+            key = _eval_key(raw_key)
+            x_in, x = test_inputs(cfg, key, xb, idx, levels)
+            terms = objectives.eval_terms(model, x_in, x, jax.random.fold_in(key, idx[0] // bs), cfg, hp)
+            if with_ssim or posterior:  # a second pass: eval_terms keeps its outputs to itself
+                out = model(x_in, train=False)
+                if with_ssim:
+                    terms["ssim"] = ssim(out["recon"], x)
+                if posterior:
+                    terms.update(mean=out["mean"], logvar=out["logvar"])
+            return terms
 
-    return batched(fn, model, (images, np.arange(len(images))), bs, "test terms")
+        return fn
+
+    f = shared_model_fn("test_terms", cfg, model, build, bs, with_ssim)
+    run = (state.key, training.hyperparameters(cfg, 1), noise_levels(cfg))
+    return map_batches(lambda xb, idx: f(*run, xb, idx), (images, np.arange(len(images))), bs, "test terms")
 
 
 def encoder(model, batch_size: int = 1000) -> Callable:
-    """`encode(uint8 images) -> codes [N, ...]` of clean images (the mean for VAEs), compiled once."""
-    f = jit_model_fn(lambda m, xb: {"code": m.encode(xb.astype(jnp.float32) / 255.0)["code"]}, model)
+    """`encode(uint8 images) -> codes [N, ...]` of clean images (the mean for VAEs), compiled once
+    per model graph and batch size."""
+    build = lambda: lambda m, xb: {"code": m.encode(xb.astype(jnp.float32) / 255.0)["code"]}  # noqa: E731
+    f = shared_model_fn("encode", None, model, build)
     return lambda images: map_batches(f, (images,), batch_size, "codes")["code"]
+
+
+def decoder(model) -> Callable:
+    """`decode(codes) -> images`, compiled once per model graph (and shape of the codes)."""
+    f = shared_model_fn("decode", None, model, lambda: lambda m, z: m.decode(z))
+    return lambda z: np.asarray(f(z))
 
 
 def likelihood_nll(cfg, model, state, images) -> np.ndarray:
     """Importance-sampled NLL per test image (nats), k = eval.importance_samples."""
     ev = cfg.eval
-    key = jax.random.fold_in(eval_key(state), LIKELIHOOD_STREAM)
     bs = min(cfg.train.eval_batch_size, 500, len(images))
 
-    def fn(model, xb, idx):
-        _, x = test_inputs(cfg, eval_key(state), xb, idx)
-        return {"nll": importance_nll(parts.bottleneck_of(cfg).importance_log_weights, model, x,
-                                      jax.random.fold_in(key, idx[0]), ev.importance_samples,
-                                      ev.importance_chunk, cfg.loss.likelihood, cfg.loss.likelihood_std)}
+    def build():
+        def fn(model, raw_key, levels, xb, idx):
+            _, x = test_inputs(cfg, _eval_key(raw_key), xb, idx, levels)
+            key = jax.random.fold_in(_eval_key(raw_key), LIKELIHOOD_STREAM)
+            return {"nll": importance_nll(parts.bottleneck_of(cfg).importance_log_weights, model, x,
+                                          jax.random.fold_in(key, idx[0]), ev.importance_samples,
+                                          ev.importance_chunk, cfg.loss.likelihood, cfg.loss.likelihood_std)}
 
-    return batched(fn, model, (images, np.arange(len(images))), bs,
-                   f"NLL k={ev.importance_samples}", long=len(images) * ev.importance_samples > 10**6)["nll"]
+        return fn
+
+    f = shared_model_fn("likelihood_nll", cfg, model, build, bs)
+    run = (state.key, noise_levels(cfg))
+    long = len(images) * ev.importance_samples > 10**6
+    return map_batches(lambda xb, idx: f(*run, xb, idx), (images, np.arange(len(images))), bs,
+                       f"NLL k={ev.importance_samples}", long=long)["nll"]
 
 
 def denoiser(cfg, model, state) -> Callable:
     """`denoise(level) -> dict`: clean, noisy and denoised test images at a noise level, with
     their per-image MSE and PSNR. Noise is drawn once per image; one compiled program serves
-    every level (the level is traced)."""
-    key = jax.random.fold_in(eval_key(state), DENOISE_STREAM)
+    every level and run (the level and the key are arguments)."""
     noise = parts.registry()["noise"][cfg.eval.denoising_kind]
 
-    def fn(model, xb, idx, level):
-        x = xb.astype(jnp.float32) / 255.0
-        level_key = jax.random.fold_in(key, jnp.round(level * 1e6).astype(jnp.int32))
-        keys = jax.vmap(lambda i: jax.random.fold_in(level_key, i))(idx)
-        noisy = noise.corrupt_batch(keys, x, {f"noise_{noise.level}": level})
-        recon = model(noisy, train=False)["recon"]
-        return {"clean": x, "noisy": noisy, "recon": recon,
-                "mse": objectives.mse(recon, x), "psnr": psnr(recon, x), "noisy_psnr": psnr(noisy, x)}
+    def build():
+        def fn(model, raw_key, xb, idx, level):
+            x = xb.astype(jnp.float32) / 255.0
+            key = jax.random.fold_in(_eval_key(raw_key), DENOISE_STREAM)
+            level_key = jax.random.fold_in(key, jnp.round(level * 1e6).astype(jnp.int32))
+            keys = jax.vmap(lambda i: jax.random.fold_in(level_key, i))(idx)
+            noisy = noise.corrupt_batch(keys, x, {f"noise_{noise.level}": level})
+            recon = model(noisy, train=False)["recon"]
+            return {"clean": x, "noisy": noisy, "recon": recon,
+                    "mse": objectives.mse(recon, x), "psnr": psnr(recon, x), "noisy_psnr": psnr(noisy, x)}
 
-    f = jit_model_fn(fn, model)
+        return fn
+
+    f = shared_model_fn("denoise", cfg, model, build)
 
     def denoise(images, level: float) -> dict:
-        return map_batches(lambda xb, idx: f(xb, idx, np.float32(level)), (images, np.arange(len(images))),
-                           cfg.train.eval_batch_size, f"denoise@{level:g}")
+        return map_batches(lambda xb, idx: f(state.key, xb, idx, np.float32(level)),
+                           (images, np.arange(len(images))), cfg.train.eval_batch_size, f"denoise@{level:g}")
 
     return denoise
 
@@ -279,15 +319,39 @@ def denoiser(cfg, model, state) -> Callable:
 
 class Context:
     """A trained run as the evaluation parts read it; the per-image test terms are computed once,
-    when a part first reads them."""
+    when a part first reads them. `draw` draws a picture on a thread of its own (matplotlib
+    there too), beside the parts that compute; `evaluate_run` waits for the pictures."""
 
     def __init__(self, cfg, model, state, dataset, figdir: Optional[Path]):
         self.cfg, self.model, self.state, self.dataset, self.figdir = cfg, model, state, dataset, figdir
+        self._drawing: Optional[ThreadPoolExecutor] = None
 
     @functools.cached_property
     def terms(self) -> dict:
         return test_terms(self.cfg, self.model, self.state, self.dataset.test.images,
                           with_ssim=self.cfg.eval.reconstruction)
+
+    def draw(self, kind: str, *args) -> Future:
+        """A Future of the path `aeflax.figures.<kind>(*args)` writes (args: numpy arrays and names)."""
+        if self._drawing is None:
+            self._drawing = ThreadPoolExecutor(1, thread_name_prefix="aeflax-figures")
+        return self._drawing.submit(draw, kind, *args)
+
+    def drawn(self, paths: dict) -> dict[str, Path]:
+        """`paths` with every picture drawn (a Future replaced by its path); the drawing thread ends."""
+        try:
+            return {name: p.result() if isinstance(p, Future) else p for name, p in paths.items()}
+        finally:
+            if self._drawing is not None:
+                self._drawing.shutdown(wait=True)
+                self._drawing = None
+
+
+def draw(kind: str, *args) -> Path:
+    """`aeflax.figures.<kind>(*args)`: the picture drawn and written where this is called."""
+    from aeflax import figures  # matplotlib loads when a figure is drawn, not at start-up
+
+    return getattr(figures, kind)(*args)
 
 
 def evaluate_run(cfg, result, dataset, workdir: Path, tracker, also_log: Optional[dict] = None) -> dict:
@@ -302,15 +366,18 @@ def evaluate_run(cfg, result, dataset, workdir: Path, tracker, also_log: Optiona
     workdir = Path(workdir)
     ctx = Context(cfg, result.model, result.state, dataset, workdir / "figures" if cfg.eval.figures else None)
     metrics: dict = {}
-    paths: dict[str, Path] = {}
-    for part in parts.active(cfg, "eval"):
-        why = part.skip_reason(cfg)
-        if why:
-            logging.getLogger(__name__).warning(f"eval.{part.name} skipped: {why}")
-            continue
-        more, figures = part.run(ctx)
-        metrics.update(more)
-        paths.update(figures)
+    paths: dict = {}
+    try:
+        for part in parts.active(cfg, "eval"):
+            why = part.skip_reason(cfg)
+            if why:
+                logging.getLogger(__name__).warning(f"eval.{part.name} skipped: {why}")
+                continue
+            more, figures = part.run(ctx)
+            metrics.update(more)
+            paths.update(figures)
+    finally:
+        paths = ctx.drawn(paths)
 
     metrics["time/eval_seconds"] = time.perf_counter() - started
     scalars = {**(also_log or {}), **{k: v for k, v in metrics.items() if not isinstance(v, list)}}
@@ -329,38 +396,47 @@ def test_metrics(cfg, graphdef, state, test) -> dict:
     Runs evaluated on a validation split each epoch get their test numbers here, once, at the end.
     """
     hp = training.hyperparameters(cfg, 1)
-    evaluate = jax.jit(training.make_evaluate(graphdef, cfg, len(test), "test"))
+    evaluate = training.compiled_evaluate(graphdef, cfg, len(test), "test")
     return {k: float(v) for k, v in evaluate(state, test.images, hp).items()}
 
 
-def pictures(cfg, model, state, dataset, figdir: Path) -> dict[str, Path]:
-    """Original vs reconstruction, samples, interpolations and the 2-D code map."""
-    from aeflax import figures  # matplotlib loads when a figure is drawn, not at start-up
+def pictures(cfg, model, state, dataset, figdir: Path, draw: Callable = draw) -> dict:
+    """Original vs reconstruction, samples, interpolations and the 2-D code map.
+
+    The arrays are computed here; `draw(kind, *args)` draws each picture (at once by default;
+    Context.draw hands it to a thread and returns a Future of its path)."""
     test = dataset.test
     n = min(10, len(test))
-    key = eval_key(state)
-    x_in, x = test_inputs(cfg, key, jnp.asarray(test.images[:n]), jnp.arange(n))
-    recon = np.asarray(model(x_in, train=False)["recon"])
+    x_in, x, recon = shared_model_fn("picture_inputs", cfg, model, lambda: _picture_inputs(cfg))(
+        state.key, noise_levels(cfg), test.images[:n], np.arange(n))
     rows = [("original", np.asarray(x))]
     if cfg.noise.kind != "none":
         rows.append(("input", np.asarray(x_in)))
-    paths = {"reconstructions": figures.image_rows(rows + [("reconstructed", recon)],
-                                                   figdir / "reconstructions.png",
-                                                   "originals and reconstructions")}
+    paths = {"reconstructions": draw("image_rows", rows + [("reconstructed", np.asarray(recon))],
+                                     figdir / "reconstructions.png", "originals and reconstructions")}
     m = min(len(test), 2000)
     test_codes = encoder(model, cfg.train.eval_batch_size)(test.images[:m])
-    z = sample_codes(cfg, model, test_codes, jax.random.fold_in(key, SAMPLE_STREAM), 16)
+    z = sample_codes(cfg, model, test_codes, jax.random.fold_in(eval_key(state), SAMPLE_STREAM), 16)
     from aeflax.parts.eval.sampler import DESCRIPTION
     density = DESCRIPTION[cfg.eval.sampler]
-    paths["samples"] = figures.image_grid(np.asarray(model.decode(z)), figdir / "samples.png",
-                                          "samples from the prior" if parts.bottleneck_of(cfg).posterior
-                                          else f"samples from {density} fit to the test codes")
-    paths["interpolation"] = figures.image_rows(
-        interpolation_rows(model, test_codes, test.images[:m], test.labels[:m], dataset.class_names),
-        figdir / "interpolation.png", "interpolation in code space between test images (ends)")
-    paths["latent_map"] = figures.code_map(flat(test_codes), test.labels[:m], dataset.class_names,
-                                           figdir / "latent_map.png")
+    decode = decoder(model)
+    paths["samples"] = draw("image_grid", decode(z), figdir / "samples.png",
+                            "samples from the prior" if parts.bottleneck_of(cfg).posterior
+                            else f"samples from {density} fit to the test codes")
+    rows = interpolation_rows(decode, test_codes, test.images[:m], test.labels[:m], dataset.class_names)
+    paths["interpolation"] = draw("image_rows", rows, figdir / "interpolation.png",
+                                  "interpolation in code space between test images (ends)")
+    paths["latent_map"] = draw("code_map", flat(test_codes), test.labels[:m], dataset.class_names,
+                               figdir / "latent_map.png")
     return paths
+
+
+def _picture_inputs(cfg):
+    def fn(model, raw_key, levels, xb, idx):
+        x_in, x = test_inputs(cfg, _eval_key(raw_key), xb, idx, levels)
+        return x_in, x, model(x_in, train=False)["recon"]
+
+    return fn
 
 
 def sample_codes(cfg, model, test_codes, key, n: int):
@@ -374,8 +450,9 @@ def sample_codes(cfg, model, test_codes, key, n: int):
     return sampler.sample(cfg, test_codes, key, n)
 
 
-def interpolation_rows(model, test_codes, images, labels, class_names, pairs: int = 4, steps: int = 8):
-    """Rows: test image a, decodings of (1 - t) z_a + t z_b, test image b (a, b of other classes)."""
+def interpolation_rows(decode, test_codes, images, labels, class_names, pairs: int = 4, steps: int = 8):
+    """Rows: test image a, decodings of (1 - t) z_a + t z_b, test image b (a, b of other classes);
+    `decode(codes) -> images` (decoder(model))."""
     firsts = [int(np.argmax(labels == c)) for c in np.unique(labels)]
     if len(firsts) < 2:
         firsts = list(range(min(len(labels), 2 * pairs)))
@@ -384,8 +461,7 @@ def interpolation_rows(model, test_codes, images, labels, class_names, pairs: in
     rows = []
     for a, b in ends:
         z = (1 - t) * test_codes[a] + t * test_codes[b]
-        row = np.concatenate([images[a:a + 1] / 255.0, np.asarray(model.decode(jnp.asarray(z))),
-                              images[b:b + 1] / 255.0])
+        row = np.concatenate([images[a:a + 1] / 255.0, decode(z), images[b:b + 1] / 255.0])
         name = lambda i: class_names[labels[i]] if labels[i] < len(class_names) else str(labels[i])
         rows.append((f"{name(a)} -> {name(b)}", row))
     return rows

@@ -13,7 +13,6 @@ status "interrupted".
 
 from __future__ import annotations
 
-import importlib
 import json
 import logging
 import os
@@ -29,11 +28,14 @@ from aeflax.config import Config, ConfigError, settings, validate
 from aeflax.tracking import (
     METRICS,
     SUMMARY,
+    BackgroundRun,
     RunLock,
     RunRecord,
     WandbRun,
+    new_run_id,
     read_metrics,
     read_summary,
+    start_service,
     write_json_atomic,
 )
 
@@ -55,13 +57,14 @@ def run_start_time() -> float:
 
 
 def process_start_time() -> float:
-    """Wall-clock time this process started (Linux /proc), for the start-up figure."""
+    """Wall-clock time this process started (Linux /proc), for the start-up figure: its age is
+    the system's uptime less its start in clock ticks since boot (the boot time in /proc/stat is
+    rounded down to the second, which put up to a second into the figure)."""
     try:
         ticks = int(Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()[19])
-        boot = next(float(line.split()[1]) for line in Path("/proc/stat").read_text().splitlines()
-                    if line.startswith("btime"))
-        return boot + ticks / os.sysconf("SC_CLK_TCK")
-    except (OSError, StopIteration, ValueError, IndexError):
+        uptime = float(Path("/proc/uptime").read_text().split()[0])
+        return time.time() - (uptime - ticks / os.sysconf("SC_CLK_TCK"))
+    except (OSError, ValueError, IndexError):
         return time.time()
 
 
@@ -192,19 +195,29 @@ def _lead(cfg, workdir: Path, config_dict, group, progress: bool, started: float
     if cfg.fresh:
         clear(workdir)
         previous = {}
-    summary["wandb_id"] = previous.get("wandb_id")
+    run_id = previous.get("wandb_id")  # an earlier attempt's W&B run, continued
+    summary["wandb_id"] = run_id
     record.write_summary(summary)
     followers.tell(GO)
-    tracker: Optional[WandbRun] = None
+    tracker: Optional[BackgroundRun] = None
     try:
         dataset = data.load(cfg.data)
         check_compatible(cfg, dataset)
-        tracker = WandbRun(cfg.logger, workdir, config_dict or {}, name=workdir.name, group=group,
-                           run_id=summary["wandb_id"])
-        summary["wandb_id"] = tracker.id or summary["wandb_id"]
+        new_id = None if run_id else new_run_id(cfg.logger, workdir, workdir.name)
+        tracker = BackgroundRun(lambda: WandbRun(cfg.logger, workdir, config_dict or {}, name=workdir.name,
+                                                 group=group, run_id=run_id, new_id=new_id),
+                                images=bool(cfg.eval.figures))
+        summary["wandb_id"] = run_id or new_id
         record.write_summary(summary)  # the id is kept from now on: a resume continues this W&B run
-        return _train(cfg, dataset, workdir, record, tracker, summary, started, progress, signals, trained)
+        _train(cfg, dataset, workdir, record, tracker, summary, started, progress, signals, trained)
+        summary["wandb_id"] = tracker.id or run_id  # None where W&B did not start
+        record.write_summary(summary)
+        tracker.summary(summary)
+        tracker.finish()
+        return summary
     except BaseException as err:
+        if tracker is not None:
+            summary["wandb_id"] = tracker.id or run_id
         _record_failure(record, summary, err, started, tracker)
         if isinstance(err, Interrupted):
             signals.pass_on()  # under submitit: requeue the job (and exit)
@@ -245,9 +258,10 @@ def _follow(cfg, workdir: Path, signals: StopSignals) -> dict:
         raise
 
 
-def _train(cfg, dataset, workdir: Path, record: Optional[RunRecord], tracker: Optional[WandbRun],
+def _train(cfg, dataset, workdir: Path, record: Optional[RunRecord], tracker: Optional[BackgroundRun],
            summary: dict, started: float, progress: bool, signals: StopSignals, trained=None) -> dict:
-    """Restore the last checkpoint (if any), train the remaining epochs, evaluate, record.
+    """Restore the last checkpoint (if any), train the remaining epochs, evaluate; return `summary`
+    with the final metrics (the caller writes it).
 
     Without a record (a process other than 0) only the training and the checkpoints are done."""
     import jax  # JAX and Orbax load only now, so that bad input fails in a second, before them
@@ -257,10 +271,10 @@ def _train(cfg, dataset, workdir: Path, record: Optional[RunRecord], tracker: Op
     from aeflax import checkpoint, evaluation, training
 
     primary = record is not None
-    mgr = checkpoint.manager(workdir)
+    mgr = checkpoint.existing_manager(workdir)  # None: Orbax loads beside the training
     n_steps = training.steps_per_epoch(len(dataset.train), min(cfg.train.batch_size, len(dataset.train)))
     graphdef, state = training.init_state(cfg, dataset.image_shape, n_steps, num_train=len(dataset.train))
-    last = checkpoint.latest_epoch(mgr)
+    last = checkpoint.latest_epoch(mgr) if mgr is not None else None
     if last is not None:
         if last > cfg.train.epochs:
             raise checkpoint.CheckpointError(
@@ -274,7 +288,7 @@ def _train(cfg, dataset, workdir: Path, record: Optional[RunRecord], tracker: Op
         tracker.continue_from(read_metrics(workdir))  # offline: one W&B folder per run, resumed or not
         write_json_atomic(workdir / SETTINGS, settings(cfg))  # from now on the directory holds this run
     # fit's points before the checkpoint (every process reads them: early stopping continues from them)
-    earlier = [p for p in read_metrics(workdir) if "epoch_seconds" in p and p["epoch"] <= (last or 0)] \
+    earlier = [p for p in read_metrics(workdir) if "epoch_seconds" in p and p["epoch"] <= last] \
         if last else []
     patience = cfg.train.early_stopping_patience
     best_mgr = checkpoint.manager(workdir, 1, checkpoint.BEST_DIRNAME) if patience else None
@@ -292,14 +306,26 @@ def _train(cfg, dataset, workdir: Path, record: Optional[RunRecord], tracker: Op
     replaying = trained is not None and last is None
     done = {"epoch": last or 0, "state": None}  # the last finished epoch, saved on a stop signal
 
+    writer = checkpoint.Writer(workdir, mgr)
+    best_writer = checkpoint.Writer(workdir, best_mgr) if best_mgr is not None else None
+    best_saved = {"epoch": checkpoint.latest_epoch(best_mgr) if best_mgr is not None else None}
+
     def save(epoch, state):
-        checkpoint.save(mgr, epoch, state)
+        writer.save(epoch, state)
         best = stopper.best_state
-        if best_mgr is not None and best is not None and stopper.best_epoch not in best_mgr.all_steps():
-            checkpoint.save(best_mgr, stopper.best_epoch, best)
+        if best_writer is not None and best is not None and stopper.best_epoch != best_saved["epoch"]:
+            best_writer.save(stopper.best_epoch, best)
+            best_saved["epoch"] = stopper.best_epoch
+
+    def saved():
+        """The run's manager once every save so far is on disk."""
+        if best_writer is not None:
+            best_writer.manager()
+        return writer.manager()
 
     def on_epoch(epoch, metrics, state):
         if primary:
+            tracker.started()  # W&B holds every attempt that records an epoch (a resume joins them)
             record.log(metrics)
             tracker.log(metrics, step=epoch)
         every = cfg.train.checkpoint_every
@@ -308,25 +334,38 @@ def _train(cfg, dataset, workdir: Path, record: Optional[RunRecord], tracker: Op
             save(epoch, state)
         done.update(epoch=epoch, state=state)
 
+    figures_ready = threading.Thread(target=_prepare_figures, args=(tracker,), daemon=True)
     if primary and cfg.eval.figures:  # matplotlib (about 0.9 s) loads beside the training, not after it
-        threading.Thread(target=importlib.import_module, args=("aeflax.figures",), daemon=True).start()
-    result = training.fit(cfg, dataset, state=state, graphdef=graphdef, on_epoch=on_epoch, progress=progress,
-                          trained=trained, stop=signals.agreed, stopper=stopper)
-    if signals.stopped:
-        if done["state"] is not None and done["epoch"] not in mgr.all_steps():
-            save(done["epoch"], done["state"])
-        raise Interrupted(signals.name, done["epoch"], workdir)
-    checkpoint.save_final(mgr, result.state)  # the kept state (the best epoch's after early stopping)
-    if best_mgr is not None and jax.process_index() == 0:
-        checkpoint.remove(workdir, checkpoint.BEST_DIRNAME)  # the last checkpoint is the kept state now
-    if not primary:
-        return {"status": "finished", "process": jax.process_index()}
-    result.state = parallel.local_copy(result.state)  # several processes: process 0 evaluates alone
-    result.history = earlier + result.history  # every epoch, those before a resume included
-    final = dict(next(h for h in reversed(result.history) if h["epoch"] == int(result.state.epoch)))
-    if dataset.val is not None:  # the held-out test set, once, at the end
-        final.update(evaluation.test_metrics(cfg, result.graphdef, result.state, dataset.test))
-    final.update(evaluation.evaluate_run(cfg, result, dataset, workdir, tracker))
+        figures_ready.start()
+    try:
+        trained_at = time.time()
+        result = training.fit(cfg, dataset, state=state, graphdef=graphdef, on_epoch=on_epoch,
+                              progress=progress, trained=trained, stop=signals.agreed, stopper=stopper)
+        summary["time/train_seconds"] = time.time() - trained_at  # the epochs, their records and saves
+        if signals.stopped:
+            if done["state"] is not None and done["epoch"] not in saved().all_steps():
+                save(done["epoch"], done["state"])
+                saved()
+            raise Interrupted(signals.name, done["epoch"], workdir)
+        writer.save_final(result.state)  # the kept state (the best epoch's after early stopping)
+        if not primary:
+            saved()
+            return {"status": "finished", "process": jax.process_index()}
+        result.state = parallel.local_copy(result.state)  # several processes: process 0 evaluates alone
+        result.history = earlier + result.history  # every epoch, those before a resume included
+        final = dict(next(h for h in reversed(result.history) if h["epoch"] == int(result.state.epoch)))
+        if dataset.val is not None:  # the held-out test set, once, at the end
+            final.update(evaluation.test_metrics(cfg, result.graphdef, result.state, dataset.test))
+        if figures_ready.is_alive():
+            figures_ready.join()  # pyplot draws on one thread at a time
+        final.update(evaluation.evaluate_run(cfg, result, dataset, workdir, tracker))
+        saved()  # the checkpoints are on disk before the run says it finished
+        if best_writer is not None:
+            checkpoint.remove(workdir, checkpoint.BEST_DIRNAME)  # the last checkpoint is the kept state now
+    finally:
+        writer.close()
+        if best_writer is not None:
+            best_writer.close()
     epoch_times = [h["epoch_seconds"] for h in result.history]
     summary.update({k: v for k, v in final.items() if "/" in k})
     summary.update({
@@ -335,10 +374,30 @@ def _train(cfg, dataset, workdir: Path, record: Optional[RunRecord], tracker: Op
         "time/first_epoch_seconds": epoch_times[0],
         "time/epoch_seconds": float(np.mean(epoch_times[1:] or epoch_times)),
     })
-    record.write_summary(summary)
-    tracker.summary(summary)
-    tracker.finish()
     return summary
+
+
+def _prepare_figures(tracker: BackgroundRun) -> None:
+    """Load matplotlib and draw a first figure beside the training, once W&B has started: both
+    parse Python source as they load, and CPython 3.11's ast.parse is not thread-safe (a W&B
+    start beside it failed with "AST constructor recursion depth mismatch")."""
+    tracker.started()
+    prepare(wandb=False, figures=True)
+
+
+def prepare(wandb: bool, figures: bool) -> None:
+    """Load ahead what the first run of a process waits for at its start and end: W&B's service
+    and matplotlib with a first figure. The vmap launcher calls it on a thread while its groups
+    train; one thing after the other (see _prepare_figures)."""
+    if wandb:
+        start_service()
+    if figures:
+        try:
+            from aeflax import figures as drawing
+
+            drawing.warm_up()
+        except Exception as err:  # noqa: BLE001 - only a head start: the figures load where they are drawn
+            log.debug("preparing the figures failed: %s", err)
 
 
 def unwritable(path: Path) -> Optional[str]:
@@ -416,7 +475,7 @@ def check_same_settings(workdir: Path, ours: dict) -> None:
 
 
 def _record_failure(record: RunRecord, summary: dict, err: BaseException, started: float,
-                    tracker: Optional[WandbRun]) -> None:
+                    tracker: Optional[BackgroundRun]) -> None:
     status = "interrupted" if isinstance(err, (Interrupted, KeyboardInterrupt)) else "failed"
     summary.update(status=status, error=_one_line(err), wall_seconds=time.time() - started)
     record.write_summary(summary)

@@ -17,7 +17,8 @@ import os
 import shutil
 import socket
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional
 from urllib.parse import urlparse
@@ -209,6 +210,21 @@ def readable_id(name: str, first: Sequence[str] = (), length: int = 40) -> str:
     return f"{slug}-{tail}" if slug else tail
 
 
+def new_run_id(logger_cfg: LoggerConfig, run_dir: str | Path, name: str) -> Optional[str]:
+    """The id of a new W&B run, chosen before W&B starts (None with W&B disabled): summary.json
+    keeps it from the first epoch on, so a run killed while W&B starts in the background still
+    resumes into this run. In a sweep's shared workspace `readable_id`, else the 8 lower-case
+    letters and digits `wandb.init` would draw itself."""
+    if logger_cfg.mode == "disabled":
+        return None
+    wandb_dir = Path(getattr(logger_cfg, "dir", None) or run_dir)
+    if wandb_dir.resolve() != Path(run_dir).resolve():
+        return readable_id(name, first=swept_keys(wandb_dir))
+    import secrets
+
+    return "".join(secrets.choice("abcdefghijklmnopqrstuvwxyz0123456789") for _ in range(8))
+
+
 def _short(key: str) -> str:
     """`bottleneck.code_size` -> `cs`, `seed` -> `seed`."""
     last = key.rsplit(".", 1)[-1]
@@ -228,7 +244,8 @@ def swept_keys(sweep_dir: Path) -> list[str]:
 class WandbRun:
     """A W&B run that never stops training: failures become one warning and a no-op.
 
-    `run_id` (kept in summary.json) resumes the same W&B run after a crash, offline too.
+    `run_id` (kept in summary.json) resumes the same W&B run after a crash, offline too;
+    `new_id` names a new run (`new_run_id`; by default W&B or `readable_id` draws it).
     W&B writes into `<logger.dir or run_dir>/wandb/`; a multirun sets logger.dir to its sweep
     directory, so the sweep is one folder that `wandb leet` shows as one workspace: each run
     is named by its directory (the job's overrides: leet's filter finds runs by them) and a new
@@ -239,7 +256,7 @@ class WandbRun:
     BEST = ("val/loss", "test/loss")
 
     def __init__(self, logger_cfg: LoggerConfig, run_dir: str | Path, config: dict, name: str,
-                 group: Optional[str], run_id: Optional[str] = None):
+                 group: Optional[str], run_id: Optional[str] = None, new_id: Optional[str] = None):
         self.run = None
         self.run_dir = Path(run_dir)
         self.wandb_dir = Path(getattr(logger_cfg, "dir", None) or run_dir)
@@ -257,11 +274,12 @@ class WandbRun:
                 check_online(os.environ.get("WANDB_BASE_URL") or wandb.Settings().base_url)
             self.wandb_dir.mkdir(parents=True, exist_ok=True)
             if run_id is None and self.shared:  # leet lists a workspace by its folders, ending in the id
-                run_id = readable_id(name, first=swept_keys(self.wandb_dir))
-            self.run = wandb.init(
-                project=logger_cfg.project, entity=logger_cfg.entity, group=group,
+                run_id = new_id or readable_id(name, first=swept_keys(self.wandb_dir))
+            self.run = _init_when_free(
+                wandb, project=logger_cfg.project, entity=logger_cfg.entity, group=group,
                 job_type=logger_cfg.job_type, tags=list(logger_cfg.tags), name=name, config=config,
-                dir=str(self.wandb_dir), mode=logger_cfg.mode, id=run_id, resume="allow" if run_id else None,
+                dir=str(self.wandb_dir), mode=logger_cfg.mode, id=run_id or new_id,
+                resume="allow" if run_id else None,
                 settings=wandb.Settings(console="off", silent=True, init_timeout=60))
             self.run.define_metric("epoch")
             self.run.define_metric("*", step_metric="epoch")  # per-epoch curves over the epoch
@@ -340,9 +358,101 @@ class WandbRun:
         self.run.log_artifact(artifact, aliases=["latest"])
 
 
+def _init_when_free(wandb, seconds: float = 10.0, **kwargs):
+    """`wandb.init(**kwargs)`, again for up to `seconds` while W&B's service still holds the run id
+    for a process that was killed: a process started by one that used W&B shares its service
+    (WANDB_SERVICE), which lets go of a dead process's run a moment after its death. The folder a
+    refused start made (its debug logs) goes, so the workspace keeps one folder per attempt."""
+    deadline = time.monotonic() + seconds
+    folders = lambda: set((Path(kwargs["dir"]) / "wandb").glob(f"*run-*-{kwargs['id']}*"))  # noqa: E731
+    while True:
+        before = folders()
+        try:
+            return wandb.init(**kwargs)
+        except Exception as err:  # noqa: BLE001 - W&B's own error types move between versions
+            if "is in use" not in str(err) or time.monotonic() > deadline:
+                raise
+            for folder in folders() - before:
+                shutil.rmtree(folder, ignore_errors=True)
+            time.sleep(0.5)
+
+
+class BackgroundRun:
+    """A WandbRun started and driven on a thread of its own, so that `wandb.init` (imports and
+    the wandb-core service: seconds) runs while the model trains. Every call is queued in order
+    and returns at once; `started()` waits for W&B to start, `finish` for all that was queued.
+
+    `start` makes the WandbRun (on that thread); `images`: the run will log figures, so what W&B
+    loads for its first image is loaded beside the training too.
+    """
+
+    def __init__(self, start: Callable[[], WandbRun], images: bool = False):
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="aeflax-wandb")
+        self._closed = False  # finished: later calls are no-ops, as WandbRun's
+        self._run = self._pool.submit(start)
+        if images:
+            self._pool.submit(self._prepare_images)
+
+    def started(self) -> None:
+        """Wait until W&B has started (or failed to: then every call is a no-op)."""
+        self._run.result()
+
+    @property
+    def id(self) -> Optional[str]:
+        """The W&B run's id once started, None if W&B is off or failed to start (waits for it)."""
+        return self._run.result().id
+
+    def _prepare_images(self) -> None:
+        if self._run.result().id is not None:
+            import pandas  # noqa: F401 - wandb.log imports it for its DataFrame check on the first image
+
+    def _queue(self, method: str, *args, **kwargs) -> None:
+        if self._closed:
+            return
+
+        def call():
+            try:
+                getattr(self._run.result(), method)(*args, **kwargs)
+            except Exception as err:  # noqa: BLE001 - tracking must never lose a run
+                log.warning("W&B %s failed (%s: %s); the local record is still written", method,
+                            type(err).__name__, err)
+
+        self._pool.submit(call)
+
+    def log(self, metrics: dict, step: Optional[int] = None) -> None:
+        self._queue("log", dict(metrics), step=step)
+
+    def continue_from(self, points: list[dict]) -> None:
+        self._queue("continue_from", points)
+
+    def log_image(self, key: str, path: str | Path, step: Optional[int] = None) -> None:
+        self._queue("log_image", key, path, step=step)
+
+    def summary(self, summary: dict) -> None:
+        self._queue("summary", dict(summary))
+
+    def finish(self, exit_code: int = 0) -> None:
+        """Finish the W&B run once everything queued is done; returns when it is."""
+        self._queue("finish", exit_code=exit_code)
+        self._closed = True
+        self._pool.shutdown(wait=True)
+
+
 def _unclean(value):
     """The inverse of _clean for replay: NaN/Inf strings back to floats."""
     return float(value) if value in ("nan", "inf", "-inf") else value
+
+
+def start_service() -> None:
+    """Import W&B and start its service (wandb.setup), what the first W&B run of a process otherwise
+    waits for (about 1.5 s): the vmap launcher does it while its groups train."""
+    try:
+        import wandb
+
+        _list_packages_once(wandb)
+        wandb.setup()
+    except Exception as err:  # noqa: BLE001 - only a head start: each run's wandb.init says what fails
+        log.debug("W&B's service did not start ahead: %s", err)
 
 
 def _list_packages_once(wandb) -> None:

@@ -23,7 +23,7 @@ import numpy as np
 import optax
 from flax import nnx, struct
 
-from aeflax import objectives, parallel, parts
+from aeflax import objectives, parallel, parts, programs
 from aeflax.models import OWNED, Autoencoder, build
 
 Metrics = dict[str, float]
@@ -53,10 +53,11 @@ def owning_parts(cfg) -> list:
     return [p for p in parts.active(cfg, "penalty") if p.owns_module]
 
 
-def make_model(cfg, image_shape, seed: int, num_train: int = 0) -> Autoencoder:
-    """The autoencoder, then the modules its parts own under `model.owned` (built after it, so the
-    autoencoder's initial values are those of the same config without them). `num_train`: the
-    training split's size, for a model that keeps its images' codes (bottleneck=exemplar)."""
+def make_model(cfg, image_shape, seed, num_train: int = 0) -> Autoencoder:
+    """The autoencoder, its parameters drawn from `seed` (an int or a JAX key), then the modules
+    its parts own under `model.owned` (built after it, so the autoencoder's initial values are
+    those of the same config without them). `num_train`: the training split's size, for a model
+    that keeps its images' codes (bottleneck=exemplar)."""
     rngs = nnx.Rngs(params=seed)
     model = build(cfg.model, cfg.bottleneck, tuple(image_shape), rngs, num_train)
     owners = owning_parts(cfg)
@@ -151,26 +152,37 @@ def init_state(cfg, image_shape, steps_per_epoch: int, seed: Optional[int] = Non
     """A fresh (graphdef, TrainState) for the config; `seed` defaults to cfg.seed, `num_train` as
     make_model's."""
     seed = cfg.seed if seed is None else seed
-    graphdef, params, other = _initial_variables(cfg, tuple(image_shape), seed, num_train)
-    tx = make_optimizer(cfg, steps_per_epoch)
-    state = TrainState(params=params, other=other, opt_state=tx.init(params),
-                       key=jax.random.key_data(jax.random.key(seed + 1)),
-                       step=jnp.zeros((), jnp.int32), epoch=jnp.zeros((), jnp.int32))
-    return graphdef, state
+    graphdef, create = _initializer(cfg, tuple(image_shape), steps_per_epoch, num_train)
+    return graphdef, create(np.uint32(seed % 2**32))  # JAX keys hold a seed's low 32 bits
+
+
+def _initializer(cfg, image_shape, steps_per_epoch: int, num_train: int = 0):
+    """(graphdef, create(seed) -> TrainState): the whole new state in one compiled program, the
+    seed its argument, so a sweep's seeds share one compilation (programs.shared). Op by op, the
+    seed AE's initialisers took 0.8 s of start-up (each op compiled on its own); same values."""
+    abstract = nnx.eval_shape(lambda: make_model(cfg, image_shape, 0, num_train))
+    graphdef, _, _ = nnx.split(abstract, nnx.Param, ...)
+
+    def build():
+        tx = make_optimizer(cfg, steps_per_epoch)
+
+        def create(seed):
+            model = make_model(cfg, image_shape, jax.random.key(seed), num_train)
+            _, params, other = nnx.split(model, nnx.Param, ...)
+            return TrainState(params=params, other=other, opt_state=tx.init(params),
+                              key=jax.random.key_data(jax.random.key(seed + 1)),
+                              step=jnp.zeros((), jnp.int32), epoch=jnp.zeros((), jnp.int32))
+
+        return create
+
+    return graphdef, programs.shared("init_state", cfg, graphdef, build, image_shape, steps_per_epoch,
+                                     num_train)
 
 
 def _initial_variables(cfg, image_shape, seed: int, num_train: int = 0):
-    """(graphdef, params, other) of a new model, initialised in one compiled program: op by op,
-    the seed AE's initialisers took 0.8 s of start-up (each op compiled on its own); same values."""
-    graphdef, _, _ = nnx.split(nnx.eval_shape(lambda: make_model(cfg, image_shape, seed, num_train)),
-                               nnx.Param, ...)
-
-    @jax.jit
-    def create():
-        _, params, other = nnx.split(make_model(cfg, image_shape, seed, num_train), nnx.Param, ...)
-        return params, other
-
-    return (graphdef, *create())
+    """(graphdef, params, other) of a new model, as init_state makes them."""
+    graphdef, state = init_state(cfg, image_shape, 1, seed, num_train)
+    return graphdef, state.params, state.other
 
 
 def merge(graphdef, state: TrainState) -> Autoencoder:
@@ -292,6 +304,20 @@ def make_evaluate(graphdef, cfg, num_eval: int, prefix: str) -> Callable:
     return evaluate
 
 
+def compiled_train_epoch(graphdef, cfg, num_train: int, batch_sharding=None) -> Callable:
+    """make_train_epoch jitted (the state donated); runs of one program (a sweep's seeds and traced
+    values) share it (aeflax.programs), so it compiles once per process."""
+    return programs.shared("train_epoch", cfg, graphdef,
+                           lambda: make_train_epoch(graphdef, cfg, num_train, batch_sharding),
+                           num_train, batch_sharding, donate_argnums=0)
+
+
+def compiled_evaluate(graphdef, cfg, num_eval: int, prefix: str) -> Callable:
+    """make_evaluate jitted, shared as compiled_train_epoch is."""
+    return programs.shared("evaluate", cfg, graphdef, lambda: make_evaluate(graphdef, cfg, num_eval, prefix),
+                           num_eval, prefix)
+
+
 # --- the loop --------------------------------------------------------------------------
 
 class NonFiniteLoss(FloatingPointError):
@@ -337,8 +363,8 @@ def fit(cfg, dataset, *, state: Optional[TrainState] = None, graphdef=None,
         graphdef, state = init_state(cfg, dataset.image_shape, n_steps, num_train=len(dataset.train))
     state, hp = parallel.replicate((state, hyperparameters(cfg, n_steps)), mesh)
     sharding = parallel.batched(mesh) if mesh is not None else None
-    train_epoch = jax.jit(make_train_epoch(graphdef, cfg, len(dataset.train), sharding), donate_argnums=0)
-    evaluate = jax.jit(make_evaluate(graphdef, cfg, len(eval_split), eval_name))
+    train_epoch = compiled_train_epoch(graphdef, cfg, len(dataset.train), sharding)
+    evaluate = compiled_evaluate(graphdef, cfg, len(eval_split), eval_name)
 
     history: list[Metrics] = []
     start = int(state.epoch)

@@ -13,6 +13,7 @@ same command again skips finished jobs (run.py) and re-runs failed or missing on
 
 from __future__ import annotations
 
+import atexit
 import math
 import os
 import sys
@@ -101,5 +102,16 @@ def _fmt(value) -> str:
     return f"{value:.6g}" if isinstance(value, (int, float)) else str(value)
 
 
+def leave(code: int = 0) -> None:
+    """End the process without the interpreter's teardown, once everything is written: with JAX,
+    W&B and matplotlib loaded it frees thousands of modules one by one (1.3-1.5 s on 2 busy CPU
+    cores). The atexit handlers still run (logging's flush, W&B's service, temporary folders)."""
+    atexit._run_exitfuncs()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
 if __name__ == "__main__":
     main()
+    leave()

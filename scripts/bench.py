@@ -297,14 +297,29 @@ def train_rows(smoke: bool, frameworks=FRAMEWORKS, rounds: int = 2) -> list[str]
         gflop = flops(step_matmuls(model, batch)) * (FULL // batch) / 1e9
         limits.append(f"| {model} | {gflop:.1f} | {gflop / limit:.1f} | {limit:.2f} | {aeflax_at_limit:.2f} "
                       f"| {aeflax_at_limit / limit:.2f} |")
-    big = 256 if smoke else 2048
-    rate = flops([(big, big, big)]) * 5 / matmul_seconds([(big, big, big)], 5) / 1e9
+    big, rate = matmul_rate(smoke)
     limits.append(f"\nMatmul rate at {big}x{big}x{big}: {rate:.1f} GFLOP/s ({jax.devices()[0].device_kind}).")
     return rows + [""] + limits
 
 
+def matmul_rate(smoke: bool) -> tuple[int, float]:
+    """(size, GFLOP/s) of float32 size^3 matmuls on the default device: 2048 on a CPU, 8192 on an
+    accelerator (a smaller one ends in microseconds there), repeated for at least 0.2 s."""
+    import jax
+
+    big = 256 if smoke else 2048 if jax.default_backend() == "cpu" else 8192
+    shapes, repeats = [(big, big, big)], 5
+    seconds = matmul_seconds(shapes, repeats)
+    if seconds < 0.2:
+        repeats = int(repeats * 0.2 / max(seconds, 1e-6)) + 1
+        seconds = matmul_seconds(shapes, repeats)
+    return big, flops(shapes) * repeats / seconds / 1e9
+
+
 def run_cli(args: list[str], workdir: Path) -> float:
-    env = dict(os.environ, WANDB_MODE=os.environ.get("WANDB_MODE", "offline"), TF_CPP_MIN_LOG_LEVEL="3")
+    """Seconds from the command `python experiments/train.py ARGS` to its exit (NaN if it failed)."""
+    env = dict(os.environ, WANDB_MODE=os.environ.get("WANDB_MODE", "offline"), TF_CPP_MIN_LOG_LEVEL="3",
+               XLA_PYTHON_CLIENT_PREALLOCATE="false")  # joblib's processes share one GPU
     t0 = time.perf_counter()
     out = subprocess.run([sys.executable, str(ROOT / "experiments" / "train.py"), *args], cwd=workdir,
                          env=env, capture_output=True, text=True)
@@ -315,32 +330,77 @@ def run_cli(args: list[str], workdir: Path) -> float:
     return seconds
 
 
-def sweep_rows(smoke: bool, workdir: Path) -> list[str]:
+SWEEP_LRS = ("0.001", "0.002", "0.0015", "0.003", "0.004", "0.005", "0.006", "0.008")
+
+
+def sweep_overrides(n: int) -> list[str]:
+    """n configs of the seed model: seeds x learning rates (8: seed=0..3 x 1e-3, 2e-3; 64: 8 x 8)."""
+    seeds = max(1, min(8, n // 2))
+    lrs = SWEEP_LRS[:n // seeds]
+    assert seeds * len(lrs) == n, f"{n} configs: choose 2, 4, 8, 16, ... 64"
+    return [f"seed={','.join(str(i) for i in range(seeds))}", f"optimizer.learning_rate={','.join(lrs)}"]
+
+
+def training_seconds(sweep_dir: Path) -> float:
+    """The training in a sweep's records: every job's epoch seconds, a vmapped group's once (its
+    members record the group's epoch times)."""
+    points = [map(json.loads, path.read_text().splitlines()) for path in sweep_dir.glob("*/metrics.jsonl")]
+    runs = [tuple(p["epoch_seconds"] for p in run if "epoch_seconds" in p) for run in points]
+    return sum(sum(times) for times in set(runs))
+
+
+def sweep_rows(smoke: bool, workdir: Path, sizes=(8,), launchers=("basic", "joblib", "vmap")) -> list[str]:
+    """Each sweep of the seed model with each launcher: its wall time against the training it holds
+    (issue 18: within 1.2x with the launchers that run the jobs in one process, basic and vmap)."""
     small = ["data.train_limit=512", "data.test_limit=256", "train.epochs=1"] if smoke else []
-    rows = ["| 8-config sweep (seed=0..3 x learning_rate=1e-3,2e-3) | wall s | x basic |", "|---|---:|---:|"]
-    times = {}
-    for launcher in ("basic", "joblib", "vmap"):
-        times[launcher] = run_cli(["-m", f"hydra/launcher={launcher}", "seed=0,1,2,3",
-                                   "optimizer.learning_rate=0.001,0.002", *small,
-                                   f"hydra.sweep.dir={workdir / ('sweep_' + launcher)}"], workdir)
-        print(f"  sweep {launcher}: {times[launcher]:.1f} s", file=sys.stderr, flush=True)
-    for launcher, s in times.items():
-        rows.append(f"| hydra/launcher={launcher} | {s:.1f} | {times['basic'] / s:.2f} |")
+    rows = ["| sweep of the seed model | launcher | wall s | training s | wall / training | x basic |",
+            "|---|---|---:|---:|---:|---:|"]
+    for n in sizes:
+        overrides = sweep_overrides(n)
+        walls, trains = {}, {}
+        for launcher in launchers:
+            sweep_dir = workdir / f"sweep{n}_{launcher}"
+            walls[launcher] = run_cli(["-m", f"hydra/launcher={launcher}", *overrides, *small,
+                                       f"hydra.sweep.dir={sweep_dir}"], workdir)
+            trains[launcher] = training_seconds(sweep_dir)
+            print(f"  {n}-config sweep, {launcher}: {walls[launcher]:.1f} s, training "
+                  f"{trains[launcher]:.1f} s", file=sys.stderr, flush=True)
+        for launcher in launchers:
+            wall, train = walls[launcher], trains[launcher]
+            rows.append(f"| {n} configs ({' x '.join(o.split('=')[0] for o in overrides)}) | {launcher} "
+                        f"| {wall:.1f} | {train:.1f} | {wall / train if train else float('nan'):.2f} "
+                        f"| {walls.get('basic', float('nan')) / wall:.2f} |")
     return rows
 
 
-def run_rows(smoke: bool, workdir: Path) -> list[str]:
+def run_rows(smoke: bool, workdir: Path, repeats: int = 3) -> list[str]:
+    """The default run's phases, the median of `repeats` runs, from each run's own record: start-up
+    (process start -> data and model ready), training (the epochs with their records and
+    checkpoints), and the end of the run (evaluation, figures, the last checkpoint, W&B's finish,
+    the exit) as the rest of the command's time."""
+    import statistics
+
     small = ["data.train_limit=512", "data.test_limit=256", "train.epochs=1"] if smoke else []
-    run_dir = workdir / "default_run"
-    wall = run_cli([*small, f"hydra.run.dir={run_dir}"], workdir)
-    path = run_dir / "summary.json"
-    summary = json.loads(path.read_text()) if path.exists() else {}
-    get = lambda key: summary.get(key, float("nan"))  # noqa: E731
-    return ["| default run (`python experiments/train.py`) | seconds |", "|---|---:|",
-            f"| start-up (process start -> data and run ready) | {get('time/startup_seconds'):.2f} |",
-            f"| first epoch (compiles) | {get('time/first_epoch_seconds'):.2f} |",
-            f"| later epochs (mean) | {get('time/epoch_seconds'):.2f} |",
-            f"| whole run, command to exit | {wall:.1f} |"]
+    keys = ("time/startup_seconds", "time/first_epoch_seconds", "time/epoch_seconds", "time/train_seconds")
+    runs = []
+    for i in range(1 if smoke else repeats):
+        run_dir = workdir / f"default_run_{i}"
+        wall = run_cli([*small, f"hydra.run.dir={run_dir}"], workdir)
+        path = run_dir / "summary.json"
+        summary = json.loads(path.read_text()) if path.exists() else {}
+        run = {k: summary.get(k, float("nan")) for k in keys}
+        run.update(wall=wall, end=wall - run["time/startup_seconds"] - run["time/train_seconds"])
+        runs.append(run)
+        print(f"  default run {i + 1}: {wall:.1f} s", file=sys.stderr, flush=True)
+    get = {k: statistics.median(r[k] for r in runs) for k in runs[0]}
+    return [f"| default run (`python experiments/train.py`), median of {len(runs)} | seconds | issue 18 |",
+            "|---|---:|---:|",
+            f"| start-up (process start -> data and model ready) | {get['time/startup_seconds']:.2f} | 1.5 |",
+            f"| first epoch (compiles, or loads from the cache) | {get['time/first_epoch_seconds']:.2f} | |",
+            f"| later epochs (mean) | {get['time/epoch_seconds']:.2f} | |",
+            f"| training (the epochs, their records and checkpoints) | {get['time/train_seconds']:.2f} | |",
+            f"| end of the run (evaluation, figures, last checkpoint, W&B, exit) | {get['end']:.2f} | 1.0 |",
+            f"| whole run, command to exit | {get['wall']:.1f} | 5.0 |"]
 
 
 def nll_rows(smoke: bool) -> list[str]:
@@ -383,7 +443,8 @@ def machine() -> str:
     except (OSError, StopIteration):
         pass
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    return (f"{cpu}, {os.cpu_count()} cores, {jax.default_backend()} backend, jax {jax.__version__}; "
+    device = "" if jax.default_backend() == "cpu" else f" ({jax.devices()[0].device_kind})"
+    return (f"{cpu}, {os.cpu_count()} cores, {jax.default_backend()} backend{device}, jax {jax.__version__}; "
             f"load average at start {load:.2f}")
 
 
@@ -395,6 +456,8 @@ def main() -> None:
     p.add_argument("--only", default="train,sweep,run,nll", help="comma-separated parts")
     p.add_argument("--frameworks", default=",".join(FRAMEWORKS), help="comma-separated, aeflax first")
     p.add_argument("--rounds", type=int, default=2, help="round-robin repeats of the framework workers")
+    p.add_argument("--sweeps", default="8", help="comma-separated sweep sizes (configs), e.g. 8,64")
+    p.add_argument("--launchers", default="basic,joblib,vmap", help="comma-separated launchers of the sweeps")
     p.add_argument("--worker", choices=FRAMEWORKS)
     p.add_argument("--model", choices=tuple(MODELS))
     p.add_argument("--n", type=int)
@@ -411,7 +474,8 @@ def main() -> None:
     workdir = Path(tempfile.mkdtemp(prefix="aeflax_bench_"))
     try:
         for part, fn in (("train", lambda: train_rows(a.smoke, frameworks, 1 if a.smoke else a.rounds)),
-                         ("sweep", lambda: sweep_rows(a.smoke, workdir)),
+                         ("sweep", lambda: sweep_rows(a.smoke, workdir, [int(n) for n in a.sweeps.split(",")],
+                                                      a.launchers.split(","))),
                          ("run", lambda: run_rows(a.smoke, workdir)), ("nll", lambda: nll_rows(a.smoke))):
             if part in parts:
                 print(f"bench: {part}", file=sys.stderr, flush=True)

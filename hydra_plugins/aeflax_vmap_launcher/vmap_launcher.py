@@ -11,6 +11,7 @@ validation, or whose group fails, simply train alone.
 
 import functools
 import logging
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,7 +50,7 @@ class VmapLauncher(Launcher):
         from aeflax import runtime
 
         runtime.configure()  # this process trains the groups: before its first JAX computation
-        from aeflax import vmap_sweep
+        from aeflax import run, vmap_sweep
         from aeflax.config import validate
 
         setup_globals()
@@ -73,6 +74,10 @@ class VmapLauncher(Launcher):
         groups = [[valid[j] for j in g] for g in vmap_sweep.group_configs([task_configs[i] for i in valid])]
         groups += [[i] for i in range(len(task_configs)) if i not in valid]
         log.info(f"Launching {len(job_overrides)} jobs as {len(groups)} programs")
+        ahead = threading.Thread(target=run.prepare, daemon=True, kwargs=dict(  # while the groups train
+            wandb=any(c.logger.mode != "disabled" for c in task_configs),
+            figures=any(c.eval.figures for c in task_configs)))
+        ahead.start()
         runs: dict[int, JobReturn] = {}
         for members in groups:
             trained = [None] * len(members)
@@ -83,6 +88,7 @@ class VmapLauncher(Launcher):
                 except Exception as err:  # noqa: BLE001 - the members then train alone and report it
                     log.warning(f"jobs {members} could not train as one program "
                                 f"({type(err).__name__}: {err}); training them one by one")
+            ahead.join()  # before the first job: its W&B start would parse source beside it (run.prepare)
             for i, result in zip(members, trained, strict=True):
                 task = functools.partial(self.task_function, trained=result) if result else self.task_function
                 runs[i] = run_job(hydra_context=self.hydra_context, task_function=task,

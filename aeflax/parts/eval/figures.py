@@ -21,7 +21,7 @@ class Figures(Evaluation):
         return cfg.eval.figures
 
     def run(self, ctx):
-        return {}, evaluation.pictures(ctx.cfg, ctx.model, ctx.state, ctx.dataset, ctx.figdir)
+        return {}, evaluation.pictures(ctx.cfg, ctx.model, ctx.state, ctx.dataset, ctx.figdir, draw=ctx.draw)
 
 
 PART = Figures()
