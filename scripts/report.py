@@ -296,8 +296,8 @@ README_TABLES = {
          "time/epoch_seconds time/eval_seconds"),
     ],
     "variants": [
-        ("results/repro_probe", "--rows variant --metric test/mse test/psnr test/ssim test/elbo "
-         "probe/accuracy time/epoch_seconds"),
+        ("results/repro_probe", "--rows variant --metric test/mse test/ssim test/elbo test/nll_k100 "
+         "probe/accuracy gen/fd_fashion_mnist gen/precision gen/recall time/epoch_seconds"),
     ],
     "evaluation": [
         ("results/repro_probe", "--rows variant --metric probe/accuracy probe/knn_accuracy "

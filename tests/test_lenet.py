@@ -82,7 +82,7 @@ def test_the_code_layers_bias_cancels_in_batch_norm():
 
 def test_decoder_levels_and_train_eval_modes():
     model = _model()
-    assert model.decoder.targets == [8, 14, 28]  # 4x4 map, then 8, 16 cropped to 14, 28
+    assert model.decoder.targets == (8, 14, 28)  # 4x4 map, then 8, 16 cropped to 14, 28
     x = jnp.asarray(np.random.default_rng(2).random((16, 28, 28, 1), np.float32))
     assert model(x)["recon"].shape == (16, 28, 28, 1)
     train_out = model(x, train=True)["recon"]  # batch statistics, running ones moved

@@ -91,7 +91,7 @@ def crop_to(x, size: int):
     return x if cut == 0 else x[:, cut: cut + size, cut: cut + size, :]
 
 
-def level_sizes(image_shape, channels) -> list[int]:
+def level_sizes(image_shape, channels) -> tuple[int, ...]:
     """The encoder's map size before each pooling (28, 14 for 28x28 and two levels)."""
     h, w, _ = image_shape
     if h != w:
@@ -103,7 +103,7 @@ def level_sizes(image_shape, channels) -> list[int]:
                               f"model.conv.channels (the image is {image_shape[0]}x{image_shape[1]})")
         sizes.append(h)
         h //= 2
-    return sizes
+    return tuple(sizes)  # a tuple: the model's graph (a compiled program's key) must be hashable
 
 
 class LeNetEncoder(nnx.Module):
@@ -149,7 +149,7 @@ class LeNetDecoder(nnx.Module):
         self.convs = nnx.List([_conv(a, b, kernel, rngs, init, transposed=True)
                                for a, b in zip(ins, outs, strict=True)])
         self.norms = nnx.List([BatchNorm(c) for c in outs[:-1]])
-        self.targets = [2 * self.start, *reversed(sizes)]
+        self.targets = (2 * self.start, *reversed(sizes))
         self.act = activation(act)
         self.impl = impl
 
