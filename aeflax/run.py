@@ -84,7 +84,8 @@ class StopSignals:
     for SIGUSR2 and requeues in its handler, which `pass_on` calls once the run has saved and
     recorded itself). The epoch in flight is one compiled program: it cannot be cut short, so
     an epoch longer than the scheduler's grace period ends by SIGKILL and the run resumes from
-    the checkpoint before it. A second SIGINT (Ctrl-C twice) stops at once.
+    the checkpoint before it. A second SIGINT (Ctrl-C twice) stops at once. A signal after the
+    last epoch lets the run finish, then goes to the handler that was there before.
     """
 
     NAMES = ("SIGTERM", "SIGINT", "SIGUSR1", "SIGUSR2")
@@ -101,9 +102,13 @@ class StopSignals:
                 self.previous[sig] = signal.signal(sig, self._handle)
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, exc_type, exc, tb) -> None:
         for sig, handler in self.previous.items():
             signal.signal(sig, handler)
+        if self.previous and self.signum is not None and not self.stopped and exc_type is None:
+            # it came after the last epoch: the run finished and is written, and the signal still
+            # stops the process (a sweep's launcher would otherwise go on to its next job)
+            signal.raise_signal(self.signum)
 
     def _handle(self, signum, frame) -> None:
         if self.signum is not None and signum == signal.SIGINT:

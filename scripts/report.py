@@ -313,6 +313,14 @@ README_TABLES = {
         ("results/sweep_latent", "--rows variant --cols bottleneck.code_size --metric test/mse"),
         ("results/sweep_noise", "--rows variant --cols noise.std --metric test/mse"),
     ],
+    "objective-sweeps": [
+        ("results/sweep_mmd", "--rows penalty.mmd --metric test/mse test/ssim train/mmd"),
+        ("results/sweep_tc", "--rows penalty.tc --metric test/mse test/elbo train/mi train/tc "
+         "train/dimwise_kl"),
+        ("results/sweep_dip", "--rows penalty.dip_offdiag --metric test/mse test/elbo train/dip"),
+        ("results/sweep_factor", "--rows penalty.factor_gamma --metric test/mse test/elbo train/factor_tc "
+         "train/factor_disc_accuracy"),
+    ],
 }
 
 

@@ -3,6 +3,7 @@
 import json
 import logging
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -134,6 +135,25 @@ def test_a_second_process_in_the_same_run_directory_is_refused(tmp_path):
         holder.wait()
     with tracking.RunLock(tmp_path):
         pass
+
+
+def test_a_signal_after_the_last_epoch_lets_the_run_finish_then_stops_the_process():
+    """A SIGTERM during the end-of-run evaluation once let the basic launcher go on to the next job."""
+    calls = []
+    previous = signal.signal(signal.SIGUSR1, lambda signum, frame: calls.append(signum))
+    try:
+        with run.StopSignals():
+            os.kill(os.getpid(), signal.SIGUSR1)  # the run evaluates: the signal is noted, the run goes on
+            time.sleep(0.01)
+            assert calls == []
+        assert calls == [signal.SIGUSR1]  # the finished run hands it to the handler before it
+        with run.StopSignals() as signals:
+            os.kill(os.getpid(), signal.SIGUSR1)
+            time.sleep(0.01)
+            signals.stopped = True  # training stopped for it: Interrupted and pass_on take it from here
+        assert calls == [signal.SIGUSR1]
+    finally:
+        signal.signal(signal.SIGUSR1, previous)
 
 
 def test_summary_json_is_replaced_whole_or_not_at_all(tmp_path):
