@@ -10,6 +10,7 @@ from flax import nnx
 
 from aeflax import training
 from aeflax.config import ConfigError, validate
+from aeflax.models import lenet
 from aeflax.models.lenet import BatchNorm
 
 LENET = [  # conf/model/lenet.yaml as dotlist overrides (make_cfg composes no Hydra groups)
@@ -90,6 +91,31 @@ def test_decoder_levels_and_train_eval_modes():
     eval_out = model(x, train=False)["recon"]  # running statistics (not yet the data's)
     assert float(jnp.abs(train_out - eval_out).max()) > 1e-3
     assert all(bn.use_running_average for _, bn in nnx.iter_modules(model) if isinstance(bn, BatchNorm))
+
+
+def test_cpu_formulation_equals_native_convs_and_reduce_window_pooling(monkeypatch):
+    """LeNet as it trains on CPU (im2col / shift-add convs, max-pool as reshape + max) computes
+    what the plain formulation does (XLA's convs, lax.reduce_window pooling): the training
+    forward pass and the loss's gradient of every weight."""
+    x = jnp.asarray(np.random.default_rng(3).random((8, 28, 28, 1), np.float32))
+
+    def recon_and_grads(impl):
+        model = training.make_model(make_cfg(*LENET, f"model.conv.impl={impl}"), (28, 28, 1), 0)
+        graphdef, params, other = nnx.split(model, nnx.Param, ...)
+
+        def loss(params):
+            recon = nnx.merge(graphdef, params, other, copy=True)(x, train=True)["recon"]
+            return jnp.mean((recon - x) ** 2), recon
+
+        return jax.grad(loss, has_aux=True)(params)[::-1]
+
+    fast = recon_and_grads("im2col")
+    monkeypatch.setattr(lenet, "max_pool2", lambda x: nnx.max_pool(x, (2, 2), strides=(2, 2)))
+    plain = recon_and_grads("native")
+    np.testing.assert_allclose(fast[0], plain[0], rtol=1e-5, atol=1e-5)
+    scale = max(float(jnp.abs(g).max()) for g in jax.tree.leaves(plain[1]))  # the code's bias: 0 +- 1e-9
+    for a, b in zip(jax.tree.leaves(fast[1]), jax.tree.leaves(plain[1]), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5 * scale)
 
 
 def test_lenet_config_errors():

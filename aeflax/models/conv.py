@@ -72,11 +72,14 @@ def conv_im2col(x, kernel, bias, stride: int):
         views = [xp[:, i: i + (ho - 1) * stride + 1: stride, j: j + (wo - 1) * stride + 1: stride, :]
                  for i in range(k) for j in range(k)]
         y = jnp.concatenate(views, axis=-1) @ kernel.reshape(k * k * c_in, c_out)
-    else:  # tap-major columns, so each tap's block is one contiguous slice (forward and back)
-        cols = (x @ kernel.transpose(2, 0, 1, 3).reshape(c_in, k * k * c_out)).reshape(n, h, w, k * k, c_out)
+    else:  # tap-major columns: tap (i, j) is the block of C_out columns number i*k + j
+        cols = x @ kernel.transpose(2, 0, 1, 3).reshape(c_in, k * k * c_out)
         high_h, high_w = max(0, (ho - 1) * stride + k - pt - h), max(0, (wo - 1) * stride + k - pl - w)
-        cols = jnp.pad(jnp.moveaxis(cols, 3, 0), ((0, 0), (0, 0), (pt, high_h), (pl, high_w), (0, 0)))
-        y = sum(cols[i * k + j, :, i: i + (ho - 1) * stride + 1: stride, j: j + (wo - 1) * stride + 1: stride]
+        cols = jnp.pad(cols, ((0, 0), (pt, high_h), (pl, high_w), (0, 0)))
+        # split, not an index per tap: an index's gradient is a zero-padded copy of all the
+        # columns per tap (k*k of them summed), a split's is one concatenation
+        taps = jnp.split(cols, k * k, axis=-1)
+        y = sum(taps[i * k + j][:, i: i + (ho - 1) * stride + 1: stride, j: j + (wo - 1) * stride + 1: stride]
                 for i in range(k) for j in range(k))  # output (a, b) reads input (a*s + i - pt, b*s + j - pl)
     return y + bias if bias is not None else y
 
