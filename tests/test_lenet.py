@@ -93,6 +93,7 @@ def test_decoder_levels_and_train_eval_modes():
     assert all(bn.use_running_average for _, bn in nnx.iter_modules(model) if isinstance(bn, BatchNorm))
 
 
+@pytest.mark.slow
 def test_cpu_formulation_equals_native_convs_and_reduce_window_pooling(monkeypatch):
     """LeNet as it trains on CPU (im2col / shift-add convs, max-pool as reshape + max) computes
     what the plain formulation does (XLA's convs, lax.reduce_window pooling): the training
