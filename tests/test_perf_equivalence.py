@@ -55,6 +55,18 @@ def test_cpu_convs_equal_native_values_and_gradients(kind, h, k, s, c_in, c_out)
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
 
 
+def test_cpu_convs_differentiate_in_forward_mode_inside_forward_mode():
+    """Their custom VJPs have no forward mode: conv.forward_mode() (RAE-GP's decoder Jacobian) gives
+    jacfwd the same values through the plain formulation."""
+    x = jax.random.normal(jax.random.key(0), (1, 5, 5, 2))
+    w = jax.random.normal(jax.random.key(1), (3, 3, 2, 3)) / 3
+    for kind in ("conv", "transpose"):
+        with conv.forward_mode():
+            fast = jax.jacfwd(lambda x, f=FAST[kind]: f(x, w, 2))(x)
+        native = jax.jacfwd(lambda x, f=NATIVE[kind]: f(x, w, 2))(x)
+        np.testing.assert_allclose(fast, native, rtol=1e-5, atol=1e-5)
+
+
 @pytest.mark.slow
 def test_layers_route_through_the_cpu_convs():
     rngs = nnx.Rngs(0)
