@@ -203,6 +203,25 @@ def _matmul_conv_transpose_bwd(s, res, dy):
 _matmul_conv_transpose.defvjp(_matmul_conv_transpose_fwd, _matmul_conv_transpose_bwd)
 
 
+@jax.custom_vjp
+def _add_bias(y, bias):
+    return y + bias
+
+
+def _add_bias_fwd(y, bias):
+    return y + bias, None
+
+
+def _add_bias_bwd(_, dy):
+    """The bias gradient as a matvec (ones @ dy): XLA:CPU's column sum over every pixel of the batch
+    took longer than the layer's matmuls (1.1 ms of a 10 ms step for the 8 -> 16 transposed conv)."""
+    columns = dy.reshape(-1, dy.shape[-1])
+    return dy, (jnp.ones((1, columns.shape[0]), dy.dtype) @ columns)[0]
+
+
+_add_bias.defvjp(_add_bias_fwd, _add_bias_bwd)
+
+
 _FORWARD_MODE = contextvars.ContextVar("aeflax_conv_forward_mode", default=False)
 
 
@@ -217,6 +236,12 @@ def forward_mode():
         _FORWARD_MODE.reset(token)
 
 
+def _with_bias(y, bias):
+    if bias is None:
+        return y
+    return y + bias if _FORWARD_MODE.get() else _add_bias(y, bias)
+
+
 def conv_im2col(x, kernel, bias, stride: int):
     """`nnx.Conv(padding='SAME')` as matmuls, forward and backward (a custom VJP: XLA's autodiff of
     the patch gather adds the k*k gradient views back one at a time, one pass over the input each).
@@ -226,7 +251,7 @@ def conv_im2col(x, kernel, bias, stride: int):
     (patches^T dy), the input gradient is the transposed conv of dy, by phases (_dilated_conv).
     """
     y = _matmul_conv_fwd(x, kernel, stride)[0] if _FORWARD_MODE.get() else _matmul_conv(x, kernel, stride)
-    return y + bias if bias is not None else y
+    return _with_bias(y, bias)
 
 
 def conv_transpose_phases(x, kernel, bias, stride: int):
@@ -235,7 +260,7 @@ def conv_transpose_phases(x, kernel, bias, stride: int):
     input gradient is a strided conv of dy)."""
     y = (_conv_transpose_values(x, kernel, stride) if _FORWARD_MODE.get()
          else _matmul_conv_transpose(x, kernel, stride))
-    return y + bias if bias is not None else y
+    return _with_bias(y, bias)
 
 
 def _stride(layer) -> int:
