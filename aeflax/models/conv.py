@@ -236,6 +236,20 @@ def forward_mode():
         _FORWARD_MODE.reset(token)
 
 
+CHUNK = 32  # images per slice of a larger batch (_by_chunks)
+
+
+def _by_chunks(op, x, kernel, stride: int):
+    """op(x, kernel, stride) on CHUNK images at a time (lax.map), when the batch divides: a batch
+    of 256 builds patch matrices of tens of MB, past the CPU's caches, and its epoch took longer
+    than at batch 32; the kernel gradient sums the chunks' (another order of the same sum)."""
+    n = x.shape[0]
+    if n <= CHUNK or n % CHUNK:
+        return op(x, kernel, stride)
+    y = jax.lax.map(lambda xc: op(xc, kernel, stride), x.reshape(n // CHUNK, CHUNK, *x.shape[1:]))
+    return y.reshape(n, *y.shape[2:])
+
+
 def _with_bias(y, bias):
     if bias is None:
         return y
@@ -250,17 +264,18 @@ def conv_im2col(x, kernel, bias, stride: int):
     narrows, e.g. the decoder's last 16 -> 1 layer). Backward: the kernel gradient is one matmul
     (patches^T dy), the input gradient is the transposed conv of dy, by phases (_dilated_conv).
     """
-    y = _matmul_conv_fwd(x, kernel, stride)[0] if _FORWARD_MODE.get() else _matmul_conv(x, kernel, stride)
-    return _with_bias(y, bias)
+    if _FORWARD_MODE.get():
+        return _with_bias(_matmul_conv_fwd(x, kernel, stride)[0], bias)
+    return _with_bias(_by_chunks(_matmul_conv, x, kernel, stride), bias)
 
 
 def conv_transpose_phases(x, kernel, bias, stride: int):
     """`nnx.ConvTranspose(padding='SAME')` (output = input size * stride) without inserted zeros:
     the phases of _dilated_conv forward; backward both gradients from one patch matrix of dy (the
     input gradient is a strided conv of dy)."""
-    y = (_conv_transpose_values(x, kernel, stride) if _FORWARD_MODE.get()
-         else _matmul_conv_transpose(x, kernel, stride))
-    return _with_bias(y, bias)
+    if _FORWARD_MODE.get():
+        return _with_bias(_conv_transpose_values(x, kernel, stride), bias)
+    return _with_bias(_by_chunks(_matmul_conv_transpose, x, kernel, stride), bias)
 
 
 def _stride(layer) -> int:
