@@ -213,21 +213,20 @@ def worker_pytorch(model: str, n: int, batch: int) -> tuple[float, float]:
 # dynamically binarized Fashion-MNIST (a new Bernoulli draw of every image each time it is seen)
 PEER_VAES = {"pythae": (512, 40, 100), "flax": (500, 20, 128)}
 PEER_EPOCHS = 10
-# aeflax as the peer's model: its architecture and batch (aeflax_vae_config), plus these options:
-# pythae's PyTorch initialisation (Glorot kernels and zero biases cost 0.5 nats there; Adam's eps
-# nothing); on the Flax example's model aeflax's defaults do better than its LeCun-normal kernels
-# (docs/performance.md, "The peers' VAEs")
-PEER_MATCH = {"pythae": ["model.init=pytorch"], "flax": []}
+# aeflax's options for both peers' models besides their sizes and batch: PyTorch's nn.Linear
+# initialisation; with Keras' Glorot kernels and zero biases (aeflax's default) the test -ELBO
+# was 0.5 nats worse on pythae's model and 0.4 on the Flax example's (docs/performance.md)
+PEER_OPTIONS = ["model.init=pytorch"]
 
 
 def aeflax_vae_config(peer: str, seed: int, extra=()):
-    """aeflax's config of the peer's VAE: `variant=vae_binarized` with its sizes and batch."""
+    """aeflax's config of the peer's VAE: `variant=vae_binarized` with its sizes, batch and PEER_OPTIONS."""
     from aeflax.api import seed_config
 
     hidden, code, batch = PEER_VAES[peer]
     return seed_config("model.architecture=dense", f"model.hidden=[{hidden}]", "bottleneck.kind=gaussian",
                        f"bottleneck.code_size={code}", "loss.name=elbo", "data.binarize=dynamic",
-                       f"train.batch_size={batch}", f"seed={seed}", *PEER_MATCH[peer], *extra)
+                       f"train.batch_size={batch}", f"seed={seed}", *PEER_OPTIONS, *extra)
 
 
 def binarized_test(n: int):
