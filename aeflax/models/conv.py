@@ -153,14 +153,14 @@ def _matmul_conv(x, kernel, s: int):
 
 def _matmul_conv_fwd(x, kernel, s):
     """im2col (k*k*C_in values per output pixel) or shift-add (k*k*C_out per input pixel), the
-    smaller intermediate; the im2col patches are kept for the kernel gradient."""
+    smaller intermediate; a strided conv keeps its im2col patches for the kernel gradient."""
     k, _, c_in, c_out = kernel.shape
     n, h, w, _ = x.shape
     pads = (_same_pads(h, k, s)[0], _same_pads(w, k, s)[0])
     out_hw = (math.ceil(h / s), math.ceil(w / s))
     if out_hw[0] * out_hw[1] * c_in <= h * w * c_out:
         patches = _patches(_pad_for_windows(x, k, s, pads, out_hw), k, s, out_hw)
-        return patches @ kernel.reshape(k * k * c_in, c_out), (x, kernel, patches)
+        return patches @ kernel.reshape(k * k * c_in, c_out), (x, kernel, patches if s > 1 else None)
     return _shift_add(x, kernel, s, pads, out_hw), (x, kernel, None)
 
 
@@ -168,11 +168,11 @@ def _matmul_conv_bwd(s, res, dy):
     x, kernel, patches = res
     k, _, c_in, c_out = kernel.shape
     n, h, w, _ = x.shape
-    lead = (k - 1 - _same_pads(h, k, s)[0], k - 1 - _same_pads(w, k, s)[0])
+    pads = (_same_pads(h, k, s)[0], _same_pads(w, k, s)[0])
+    lead = (k - 1 - pads[0], k - 1 - pads[1])
     if s == 1:
         return _grads_from_dy_patches(x, kernel, dy, 1, lead)
     if patches is None:  # a strided shift-add conv: the patches for its kernel gradient
-        pads = (k - 1 - lead[0], k - 1 - lead[1])
         patches = _patches(_pad_for_windows(x, k, s, pads, dy.shape[1:3]), k, s, dy.shape[1:3])
     dk = (patches.reshape(-1, k * k * c_in).T @ dy.reshape(-1, c_out)).reshape(kernel.shape)
     return _dilated_conv(dy, _flip(kernel), s, lead, (h, w)), dk
