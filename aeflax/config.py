@@ -137,7 +137,8 @@ def validate(cfg: Any) -> None:
           f"model.decoder_hidden={m.decoder_hidden}: every size must be >= 1 (or null for reversed(hidden))")
     one_of(m.init, tuple(INITIALIZERS), "model.init")
     check(not (m.init in TORCH_BIAS and m.architecture == "conv"),
-          f"model.init={m.init} is the dense layers' of the VampPrior code; conv models take he_normal")
+          f"model.init={m.init} gives dense layers PyTorch's biases; conv models take he_normal or "
+          "pytorch_uniform")
     check(len(m.conv.channels) >= 1 and all(c >= 1 for c in m.conv.channels),
           f"model.conv.channels={list(m.conv.channels)}: give at least one channel count >= 1")
     check(m.conv.kernel_size >= 1 and m.conv.stride >= 1, "model.conv.kernel_size and stride must be >= 1")

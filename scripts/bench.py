@@ -5,7 +5,7 @@
     python scripts/bench.py --readme         # also replace the <!-- bench --> block of README.md
 
 Every framework trains the same three models on the same Fashion-MNIST arrays: the seed
-dense AE (784-64-784, batch 256), the tutorial conv AE (batch 32) and the VAE of
+dense AE (784-64-784, batch 256), the tutorial conv AE (batch 32 and 256) and the VAE of
 `experiment=vae` (784-512-256-z32, batch 256). Each runs in its own process (Keras reads
 its backend at import), trains EPOCHS epochs on the first N images and keeps its fastest
 epoch after the first (which compiles), scaled to 60k images; the frameworks take turns,
@@ -13,7 +13,12 @@ epoch after the first (which compiles), scaled to 60k images; the frameworks tak
 model's own matmuls (forward and backward, the shapes its aeflax formulation runs) take
 back to back in one compiled loop, timed in the aeflax worker after each of its epochs, so
 that the ratio epoch / limit compares two figures taken on the same machine state. Needs
-the [bench] extra (keras, tensorflow-cpu, torch), never needed to train.
+the [bench] extra (keras, tensorflow-cpu, torch, pythae), never needed to train.
+
+The `peers` part trains the peers' own VAEs on dynamically binarized Fashion-MNIST, each
+beside aeflax configured to the same architecture and batch (PEER_VAES): pythae 0.1.2's
+default VAE and the official Flax VAE example; it reports their fastest epochs and the test
+-ELBO after PEER_EPOCHS epochs over `--seeds` seeds, all on the same binarized test images.
 """
 
 from __future__ import annotations
@@ -31,8 +36,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 FULL = 60000
-MODELS = {  # name: (batch size, train images measured in the full run)
-    "dense": (256, 60000), "conv": (32, 12000), "vae": (256, 60000)}
+MODELS = {  # name: (batch sizes, train images measured in the full run)
+    "dense": ((256,), 60000), "conv": ((32, 256), 12000), "vae": ((256,), 60000)}
 EPOCHS = 6  # timed epochs per framework and model; the first compiles and is not counted
 FRAMEWORKS = ("aeflax", "keras-tensorflow", "keras-jax", "pytorch")
 
@@ -71,7 +76,6 @@ def worker_aeflax(model: str, n: int, batch: int) -> tuple[float, float]:
     from aeflax import runtime
 
     runtime.configure()  # as experiments/train.py: before this process's first JAX computation
-    import jax
 
     from aeflax import training
     from aeflax.api import seed_config
@@ -79,9 +83,21 @@ def worker_aeflax(model: str, n: int, batch: int) -> tuple[float, float]:
     overrides = {"dense": [], "conv": ["model.architecture=conv", "bottleneck.kind=identity"],
                  "vae": ["model.hidden=[512,256]", "bottleneck.kind=gaussian", "bottleneck.code_size=32",
                          "loss.name=elbo"]}[model]
-    cfg = seed_config(*overrides, f"train.batch_size={batch}")
+    run, *_ = aeflax_trainer(seed_config(*overrides, f"train.batch_size={batch}"), n)
+    # the matmul limit of the same epoch, timed after each epoch in this process
+    limit = matmul_loop(step_matmuls(model, batch), training.steps_per_epoch(n, batch))
+    return timed_epochs(run, between=lambda: limit().block_until_ready())
+
+
+def aeflax_trainer(cfg, n: int):
+    """(run one epoch, [state], graphdef, hp): aeflax's compiled epoch on the first n images, as fit
+    runs it (state donated, the metrics read once per epoch)."""
+    import jax
+
+    from aeflax import training
+
     images = jax.device_put(load_images(n))
-    steps = training.steps_per_epoch(n, batch)
+    steps = training.steps_per_epoch(n, cfg.train.batch_size)
     graphdef, state = training.init_state(cfg, images.shape[1:], steps)
     hp = training.hyperparameters(cfg, steps)
     epoch = jax.jit(training.make_train_epoch(graphdef, cfg, n), donate_argnums=0)
@@ -91,9 +107,7 @@ def worker_aeflax(model: str, n: int, batch: int) -> tuple[float, float]:
         box[0], metrics = epoch(box[0], images, hp)
         jax.block_until_ready(metrics)
 
-    # the matmul limit of the same epoch, timed after each epoch in this process
-    limit = matmul_loop(step_matmuls(model, batch), steps)
-    return timed_epochs(run, between=lambda: limit().block_until_ready())
+    return run, box, graphdef, hp
 
 
 def keras_model(model: str):
@@ -193,6 +207,229 @@ def worker_pytorch(model: str, n: int, batch: int) -> tuple[float, float]:
     return timed_epochs(run)
 
 
+# --- the peers' VAEs: each trains its own architecture, aeflax configured alike -------------
+
+# peer: (hidden units, code size, batch); each trained PEER_EPOCHS epochs with Adam(1e-3) on
+# dynamically binarized Fashion-MNIST (a new Bernoulli draw of every image each time it is seen)
+PEER_VAES = {"pythae": (512, 40, 100), "flax": (500, 20, 128)}
+PEER_EPOCHS = 10
+# aeflax's options for both peers' models besides their sizes and batch: PyTorch's nn.Linear
+# initialisation; with Keras' Glorot kernels and zero biases (aeflax's default) the test -ELBO
+# was 0.5 nats worse on pythae's model and 0.4 on the Flax example's (docs/performance.md)
+PEER_OPTIONS = ["model.init=pytorch"]
+
+
+def aeflax_vae_config(peer: str, seed: int, extra=()):
+    """aeflax's config of the peer's VAE: `variant=vae_binarized` with its sizes, batch and PEER_OPTIONS."""
+    from aeflax.api import seed_config
+
+    hidden, code, batch = PEER_VAES[peer]
+    return seed_config("model.architecture=dense", f"model.hidden=[{hidden}]", "bottleneck.kind=gaussian",
+                       f"bottleneck.code_size={code}", "loss.name=elbo", "data.binarize=dynamic",
+                       f"train.batch_size={batch}", f"seed={seed}", *PEER_OPTIONS, *extra)
+
+
+def binarized_test(n: int):
+    """The test images as float32 [n, 784], binarized once with a fixed seed: every framework's
+    test -ELBO is measured on the same binary images."""
+    import numpy as np
+
+    from aeflax import data
+    from aeflax.config import DataConfig
+
+    x = data.load(DataConfig(test_limit=n)).test.images.reshape(n, 784).astype(np.float32) / 255.0
+    return (np.random.default_rng(2026).random(x.shape, dtype=np.float32) < x).astype(np.float32)
+
+
+def train_and_test(run_epoch, test_loss, epochs: int) -> dict:
+    """Each epoch's wall seconds (the first compiles) and the test -ELBO after the last."""
+    seconds = []
+    for _ in range(epochs):
+        t0 = time.perf_counter()
+        run_epoch()
+        seconds.append(time.perf_counter() - t0)
+    return {"epoch_seconds": seconds, "test_neg_elbo": float(test_loss())}
+
+
+def peer_pythae(n: int, n_test: int, seed: int, epochs: int) -> dict:
+    """pythae 0.1.2's default VAE (its MLP encoder and decoder, BCE reconstruction) trained by a plain
+    loop of its forward pass, as its trainer does (Adam, torch's eps 1e-8), without the trainer's
+    per-step logging; the test -ELBO is its own loss in eval mode."""
+    import torch
+    from pythae.models import VAE, VAEConfig
+
+    hidden, code, batch = PEER_VAES["pythae"]
+    assert hidden == 512, "pythae's default MLP has 512 hidden units"
+    torch.manual_seed(seed)
+    x_all = torch.from_numpy(load_images(n)).float().div(255.0).reshape(n, 1, 28, 28)
+    model = VAE(VAEConfig(input_dim=(1, 28, 28), latent_dim=code, reconstruction_loss="bce"))
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+
+    def run():
+        model.train()
+        perm = torch.randperm(n)
+        for i in range(n // batch):
+            x = torch.bernoulli(x_all[perm[i * batch:(i + 1) * batch]])
+            opt.zero_grad(set_to_none=True)
+            model({"data": x}).loss.backward()
+            opt.step()
+
+    def test_loss():
+        model.eval()
+        test = torch.from_numpy(binarized_test(n_test)).reshape(-1, 1, 28, 28)
+        with torch.no_grad():
+            return sum(model({"data": t}).loss.item() * len(t) for t in test.split(1000)) / len(test)
+
+    return train_and_test(run, test_loss, epochs)
+
+
+def peer_flax(n: int, n_test: int, seed: int, epochs: int) -> dict:
+    """The official Flax VAE example (google/flax examples/vae: models.py and train.py) on Fashion-MNIST:
+    Linen modules, its loss, `optax.adam(1e-3)`, one jitted step per batch; batches are drawn and
+    binarized on the host (the example reads pre-binarized MNIST through tf.data). No aeflax
+    runtime settings: the example's process as it runs."""
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+    import optax
+    from flax import linen as nn
+    from flax.training import train_state
+
+    hidden, latents, batch = PEER_VAES["flax"]
+
+    class Encoder(nn.Module):
+        latents: int
+
+        @nn.compact
+        def __call__(self, x):
+            x = nn.relu(nn.Dense(hidden, name="fc1")(x))
+            return nn.Dense(self.latents, name="fc2_mean")(x), nn.Dense(self.latents, name="fc2_logvar")(x)
+
+    class Decoder(nn.Module):
+        @nn.compact
+        def __call__(self, z):
+            return nn.Dense(784, name="fc2")(nn.relu(nn.Dense(hidden, name="fc1")(z)))
+
+    class VAE(nn.Module):
+        latents: int = 20
+
+        def setup(self):
+            self.encoder, self.decoder = Encoder(self.latents), Decoder()
+
+        def __call__(self, x, z_rng):
+            mean, logvar = self.encoder(x)
+            z = mean + jax.random.normal(z_rng, logvar.shape) * jnp.exp(0.5 * logvar)
+            return self.decoder(z), mean, logvar
+
+    @jax.vmap
+    def kl_divergence(mean, logvar):
+        return -0.5 * jnp.sum(1 + logvar - jnp.square(mean) - jnp.exp(logvar))
+
+    @jax.vmap
+    def binary_cross_entropy_with_logits(logits, labels):
+        logits = nn.log_sigmoid(logits)
+        return -jnp.sum(labels * logits + (1.0 - labels) * jnp.log(-jnp.expm1(logits)))
+
+    def loss_of(params, images, z_rng):
+        recon_x, mean, logvar = VAE(latents).apply({"params": params}, images, z_rng)
+        return binary_cross_entropy_with_logits(recon_x, images).mean() + kl_divergence(mean, logvar).mean()
+
+    @jax.jit
+    def train_step(state, batch, z_rng):
+        return state.apply_gradients(grads=jax.grad(loss_of)(state.params, batch, z_rng))
+
+    rng = jax.random.key(seed)
+    rng, key = jax.random.split(rng)
+    params = VAE(latents).init(key, jnp.ones((batch, 784), jnp.float32), rng)["params"]
+    state = train_state.TrainState.create(apply_fn=VAE(latents).apply, params=params, tx=optax.adam(1e-3))
+    rng, eval_rng = jax.random.split(rng)
+    x_all = load_images(n).reshape(n, 784).astype(np.float32) / 255.0
+    host = np.random.default_rng(seed)
+    box = [state, rng]
+
+    def run():
+        state, rng = box
+        perm = host.permutation(n)
+        for i in range(n // batch):
+            x = x_all[perm[i * batch:(i + 1) * batch]]
+            rng, key = jax.random.split(rng)
+            state = train_step(state, (host.random(x.shape, dtype=np.float32) < x).astype(np.float32), key)
+        jax.block_until_ready(state)
+        box[:] = state, rng
+
+    def test_loss():  # the example's eval_f: the whole test set at once, one draw of z
+        return jax.jit(loss_of)(box[0].params, jnp.asarray(binarized_test(n_test)), eval_rng)
+
+    return train_and_test(run, test_loss, epochs)
+
+
+def peer_aeflax(peer: str, n: int, n_test: int, seed: int, epochs: int, extra=()) -> dict:
+    """aeflax configured as the peer (aeflax_vae_config): its compiled epoch; the test -ELBO is its
+    evaluation's `loss` term (one draw of z, closed-form KL) on the common binarized test images."""
+    from aeflax import runtime
+
+    runtime.configure()
+    import jax
+    import jax.numpy as jnp
+
+    from aeflax import objectives, training
+
+    cfg = aeflax_vae_config(peer, seed, extra)
+    run, box, graphdef, hp = aeflax_trainer(cfg, n)
+
+    @jax.jit
+    def test_loss_of(state, x, key):
+        model = training.merge(graphdef, state)
+        return jnp.mean(objectives.eval_terms(model, x, x, key, cfg, hp)["loss"])
+
+    def test_loss():
+        x = jnp.asarray(binarized_test(n_test).reshape(-1, 28, 28, 1))
+        return test_loss_of(box[0], x, jax.random.key(seed))
+
+    return train_and_test(run, test_loss, epochs)
+
+
+def run_peer_worker(name: str, n: int, n_test: int, seed: int, epochs: int, extra=(),
+                    torch_threads: int | None = None) -> dict:
+    """One peer VAE worker ('pythae', 'flax', 'aeflax-pythae', 'aeflax-flax') in its own process."""
+    env = worker_env(name, torch_threads)
+    command = [sys.executable, __file__, "--peer-worker", name, "--n", str(n), "--n-test", str(n_test),
+               "--seed", str(seed), "--epochs", str(epochs), *[f"--set={o}" for o in extra]]
+    out = subprocess.run(command, env=env, capture_output=True, text=True, cwd=ROOT)
+    if out.returncode:
+        print(f"  {name} failed: {out.stderr.strip().splitlines()[-1:]}", file=sys.stderr)
+        return {"epoch_seconds": [float("nan")] * 2, "test_neg_elbo": float("nan")}
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def peer_rows(smoke: bool, seeds: int = 3, epochs: int = PEER_EPOCHS, torch_threads: int | None = None
+              ) -> list[str]:
+    """Each peer's VAE and aeflax configured alike, taking turns seed by seed: the fastest training
+    epoch after the first (no per-epoch evaluation in any of them) and the test -ELBO after the
+    last epoch (mean over the seeds)."""
+    import statistics
+
+    n, n_test, epochs, seeds = (512, 256, 2, 1) if smoke else (FULL, 10000, epochs, seeds)
+    rows = [f"| peer VAE | batch | framework | s / epoch (60k) | x aeflax | test -ELBO, nats ({epochs} "
+            f"epochs, mean of {seeds} seeds) | per seed |", "|---|---:|---|---:|---:|---:|---|"]
+    for peer, (hidden, code, batch) in PEER_VAES.items():
+        runs = {peer: [], f"aeflax-{peer}": []}
+        for seed in range(seeds):
+            for name in runs:
+                r = run_peer_worker(name, n, n_test, seed, epochs, torch_threads=torch_threads)
+                runs[name].append(r)
+                print(f"  {name} seed {seed}: {min(r['epoch_seconds'][1:]) * FULL / n:.2f} s/epoch, "
+                      f"test -ELBO {r['test_neg_elbo']:.2f}", file=sys.stderr, flush=True)
+        best = {name: min(min(r["epoch_seconds"][1:]) for r in rs) * FULL / n for name, rs in runs.items()}
+        for name, rs in runs.items():
+            elbos = [r["test_neg_elbo"] for r in rs]
+            framework = "aeflax" if name.startswith("aeflax") else name
+            rows.append(f"| {peer}: 784-{hidden}-z{code} | {batch} | {framework} | {best[name]:.2f} "
+                        f"| {best[name] / best[f'aeflax-{peer}']:.2f} "
+                        f"| {statistics.mean(elbos):.2f} | {', '.join(f'{e:.2f}' for e in elbos)} |")
+    return rows
+
+
 # --- matmul limits ---------------------------------------------------------------------
 
 def step_matmuls(model: str, b: int) -> list[tuple[int, int, int]]:
@@ -201,12 +438,16 @@ def step_matmuls(model: str, b: int) -> list[tuple[int, int, int]]:
     Layers as aeflax runs them (the CPU conv formulations are matmuls too); backward:
     the weight gradient of every layer and the input gradient of all but the first.
     """
+    if model == "conv":  # aeflax.models.conv's custom VJPs per layer: forward, input gradient, kernel's
+        return [(b * 196, 9, 16), (9, b * 196, 16),  # im2col conv 1 -> 16 (no input gradient)
+                (b * 49, 144, 8), (b * 49, 32, 64), (144, b * 49, 8),  # 16 -> 8: dx by phases
+                (b * 49, 32, 32), (b * 49, 72, 8), (8, b * 49, 72),  # transposed 8 -> 8: dy's patches
+                (b * 196, 32, 64), (b * 196, 144, 8), (8, b * 196, 144),  # transposed 8 -> 16
+                (b * 784, 16, 9), (b * 784, 9, 16), (16, b * 784, 9)]  # shift-add 16 -> 1
     if model == "dense":
         layers = [(b, 784, 64), (b, 64, 784)]
-    elif model == "vae":
+    else:
         layers = [(b, 784, 512), (b, 512, 256), (b, 256, 64), (b, 32, 256), (b, 256, 512), (b, 512, 784)]
-    else:  # im2col convs, phase-decomposed transposed convs, shift-add last conv
-        layers = [(b * 196, 9, 16), (b * 49, 144, 8), (b * 49, 32, 32), (b * 196, 32, 64), (b * 784, 16, 9)]
     out = []
     for i, (m, k, n) in enumerate(layers):
         out += [(m, k, n), (k, m, n)] + ([(m, n, k)] if i else [])
@@ -250,9 +491,20 @@ def flops(shapes) -> float:
 
 # --- the parts of the table ------------------------------------------------------------
 
-def run_worker(framework: str, model: str, n: int, batch: int) -> tuple[float, ...]:
-    """(wall, CPU) seconds of the worker's best epoch on n images; aeflax adds its matmul limit."""
+def worker_env(framework: str, torch_threads: int | None = None) -> dict:
+    """A worker's environment; `torch_threads` caps PyTorch's intra-op threads (OMP_NUM_THREADS): on
+    this VM, shared, torch's two threads wait for each other when another process holds a core
+    (pythae's epoch went from 17 s to 79 s, one thread kept 7.5 s)."""
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", WANDB_MODE="disabled")
+    if torch_threads and framework in ("pytorch", "pythae"):
+        env["OMP_NUM_THREADS"] = str(torch_threads)
+    return env
+
+
+def run_worker(framework: str, model: str, n: int, batch: int, torch_threads: int | None = None
+               ) -> tuple[float, ...]:
+    """(wall, CPU) seconds of the worker's best epoch on n images; aeflax adds its matmul limit."""
+    env = worker_env(framework, torch_threads)
     if framework.startswith("keras"):
         env["KERAS_BACKEND"] = framework.split("-")[1]
     out = subprocess.run([sys.executable, __file__, "--worker", framework, "--model", model, "--n", str(n),
@@ -263,7 +515,8 @@ def run_worker(framework: str, model: str, n: int, batch: int) -> tuple[float, .
     return tuple(json.loads(out.stdout.strip().splitlines()[-1])["seconds"])
 
 
-def train_rows(smoke: bool, frameworks=FRAMEWORKS, rounds: int = 2) -> list[str]:
+def train_rows(smoke: bool, frameworks=FRAMEWORKS, rounds: int = 2, torch_threads: int | None = None,
+               models=tuple(MODELS)) -> list[str]:
     """Epoch times of every framework, `rounds` times round-robin (best per framework), and
     aeflax's epoch against the matmul limit timed in the same process (between its epochs)."""
     import jax
@@ -271,21 +524,22 @@ def train_rows(smoke: bool, frameworks=FRAMEWORKS, rounds: int = 2) -> list[str]
     rows = ["| model | batch | framework | s / epoch (60k) | samples / s | x aeflax | CPU s / epoch "
             "| x aeflax (CPU) |",
             "|---|---:|---|---:|---:|---:|---:|---:|"]
-    limits = ["| model | GFLOP / epoch | matmul GFLOP/s (own shapes) | matmul limit s / epoch "
+    limits = ["| model | batch | GFLOP / epoch | matmul GFLOP/s (own shapes) | matmul limit s / epoch "
               "| aeflax s / epoch | aeflax / limit |",
-              "|---|---:|---:|---:|---:|---:|"]
+              "|---|---:|---:|---:|---:|---:|---:|"]
     nan = float("nan")
-    for model, (batch, n_full) in MODELS.items():
-        n = 4 * batch if smoke else n_full
+    for model, batch in [(m, b) for m in models for b in MODELS[m][0]]:
+        n = 4 * batch if smoke else MODELS[model][1]
         scale = FULL / n
         per_epoch = {fw: float("inf") for fw in frameworks}
         cpu = dict(per_epoch)
         limit = aeflax_at_limit = float("inf")
         for r in range(rounds):
             for fw in frameworks:
-                wall, cpu_s, *probe = run_worker(fw, model, n, batch)
-                print(f"  {model} {fw} (round {r + 1}): {wall * scale:.2f} s/epoch, CPU {cpu_s * scale:.2f} s"
-                      + (f", limit {probe[0] * scale:.2f} s" if probe else ""), file=sys.stderr, flush=True)
+                wall, cpu_s, *probe = run_worker(fw, model, n, batch, torch_threads)
+                print(f"  {model} {batch} {fw} (round {r + 1}): {wall * scale:.2f} s/epoch, "
+                      f"CPU {cpu_s * scale:.2f} s" + (f", limit {probe[0] * scale:.2f} s" if probe else ""),
+                      file=sys.stderr, flush=True)
                 per_epoch[fw], cpu[fw] = min(per_epoch[fw], wall * scale), min(cpu[fw], cpu_s * scale)
                 if probe and probe[0] * scale < limit:
                     limit, aeflax_at_limit = probe[0] * scale, wall * scale
@@ -295,8 +549,8 @@ def train_rows(smoke: bool, frameworks=FRAMEWORKS, rounds: int = 2) -> list[str]
             rows.append(f"| {model} | {batch} | {fw} | {s:.2f} | {FULL / s:,.0f} | {ratio:.2f} | {c:.2f} "
                         f"| {cpu_ratio:.2f} |")
         gflop = flops(step_matmuls(model, batch)) * (FULL // batch) / 1e9
-        limits.append(f"| {model} | {gflop:.1f} | {gflop / limit:.1f} | {limit:.2f} | {aeflax_at_limit:.2f} "
-                      f"| {aeflax_at_limit / limit:.2f} |")
+        limits.append(f"| {model} | {batch} | {gflop:.1f} | {gflop / limit:.1f} | {limit:.2f} "
+                      f"| {aeflax_at_limit:.2f} | {aeflax_at_limit / limit:.2f} |")
     big, rate = matmul_rate(smoke)
     limits.append(f"\nMatmul rate at {big}x{big}x{big}: {rate:.1f} GFLOP/s ({jax.devices()[0].device_kind}).")
     return rows + [""] + limits
@@ -453,12 +707,20 @@ def main() -> None:
     p.add_argument("--smoke", action="store_true", help="tiny sizes: checks that every part runs")
     p.add_argument("--out", type=Path, default=ROOT / "docs" / "benchmark.md")
     p.add_argument("--readme", action="store_true", help="also put the table into README.md")
-    p.add_argument("--only", default="train,sweep,run,nll", help="comma-separated parts")
+    p.add_argument("--only", default="train,sweep,run,nll,peers", help="comma-separated parts")
     p.add_argument("--frameworks", default=",".join(FRAMEWORKS), help="comma-separated, aeflax first")
+    p.add_argument("--models", default=",".join(MODELS), help="comma-separated models of the train part")
     p.add_argument("--rounds", type=int, default=2, help="round-robin repeats of the framework workers")
     p.add_argument("--sweeps", default="8", help="comma-separated sweep sizes (configs), e.g. 8,64")
     p.add_argument("--launchers", default="basic,joblib,vmap", help="comma-separated launchers of the sweeps")
+    p.add_argument("--seeds", type=int, default=3, help="seeds of each peer VAE and of aeflax alike")
     p.add_argument("--worker", choices=FRAMEWORKS)
+    p.add_argument("--peer-worker", choices=(*PEER_VAES, *(f"aeflax-{p}" for p in PEER_VAES)))
+    p.add_argument("--n-test", type=int)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--epochs", type=int, default=PEER_EPOCHS, help="epochs of each peer VAE run")
+    p.add_argument("--torch-threads", type=int, help="PyTorch threads per worker (default: its own)")
+    p.add_argument("--set", action="append", default=[], help="an aeflax config override (peer workers)")
     p.add_argument("--model", choices=tuple(MODELS))
     p.add_argument("--n", type=int)
     p.add_argument("--batch", type=int)
@@ -467,16 +729,25 @@ def main() -> None:
         fn = {"aeflax": worker_aeflax, "pytorch": worker_pytorch}.get(a.worker, worker_keras)
         print(json.dumps({"seconds": fn(a.model, a.n, a.batch)}))
         return
+    if a.peer_worker:
+        if a.peer_worker.startswith("aeflax-"):
+            out = peer_aeflax(a.peer_worker.split("-", 1)[1], a.n, a.n_test, a.seed, a.epochs, a.set)
+        else:
+            out = {"pythae": peer_pythae, "flax": peer_flax}[a.peer_worker](a.n, a.n_test, a.seed, a.epochs)
+        print(json.dumps(out))
+        return
     parts, frameworks = a.only.split(","), a.frameworks.split(",")
     started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     command = " ".join(["python scripts/bench.py", *sys.argv[1:]])
     lines = [f"Measured {started} with `{command}` on {machine()}.", ""]
     workdir = Path(tempfile.mkdtemp(prefix="aeflax_bench_"))
     try:
-        for part, fn in (("train", lambda: train_rows(a.smoke, frameworks, 1 if a.smoke else a.rounds)),
+        for part, fn in (("train", lambda: train_rows(a.smoke, frameworks, 1 if a.smoke else a.rounds,
+                                                          a.torch_threads, a.models.split(","))),
                          ("sweep", lambda: sweep_rows(a.smoke, workdir, [int(n) for n in a.sweeps.split(",")],
                                                       a.launchers.split(","))),
-                         ("run", lambda: run_rows(a.smoke, workdir)), ("nll", lambda: nll_rows(a.smoke))):
+                         ("run", lambda: run_rows(a.smoke, workdir)), ("nll", lambda: nll_rows(a.smoke)),
+                         ("peers", lambda: peer_rows(a.smoke, a.seeds, a.epochs, a.torch_threads))):
             if part in parts:
                 print(f"bench: {part}", file=sys.stderr, flush=True)
                 lines += fn() + [""]

@@ -24,5 +24,19 @@ def test_bench_smoke_writes_a_table(tmp_path):
         seconds, per_second = (float(c.replace(",", "")) for c in row.split("|")[4:6])
         assert seconds > 0 and abs(seconds * per_second - 60000) < 0.02 * 60000
     limits = [r for r in rows if r.split("|")[1].strip() in ("dense", "conv", "vae") and "aeflax" not in r]
-    assert len(limits) == 3 and all(float(r.split("|")[4]) > 0 for r in limits)
+    assert len(limits) == 4 and all(float(r.split("|")[5]) > 0 for r in limits)  # conv at batch 32 and 256
     assert "images / s" in text and "time / limit" in text
+
+
+def test_bench_peers_smoke_trains_each_peer_and_aeflax_alike(tmp_path):
+    pytest.importorskip("pythae")  # the [bench] extra
+    out_md = tmp_path / "bench.md"
+    command = [sys.executable, str(ROOT / "scripts" / "bench.py"), "--smoke", "--only", "peers", "--out",
+               str(out_md)]
+    out = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    lines = out_md.read_text().splitlines()
+    rows = [line.split("|") for line in lines if line.startswith(("| pythae", "| flax"))]
+    assert [r[3].strip() for r in rows] == ["pythae", "aeflax", "flax", "aeflax"]
+    for r in rows:  # seconds per epoch and a test -ELBO in nats (2 epochs on 512 images: a few hundred)
+        assert float(r[4]) > 0 and 100 < float(r[6]) < 800

@@ -49,6 +49,11 @@ FAST = {"conv": lambda x, w, s: conv.conv_im2col(x, w, None, s),
 def test_cpu_convs_equal_native_values_and_gradients(kind, h, k, s, c_in, c_out):
     x = jax.random.normal(jax.random.key(h), (2, h, h + 1, c_in))
     w = jax.random.normal(jax.random.key(k), (k, k, c_in, c_out)) / k
+    assert_equal_to_native(kind, x, w, s)
+
+
+def assert_equal_to_native(kind, x, w, s):
+    """The CPU formulation's values and both gradients equal the native op's."""
     np.testing.assert_allclose(FAST[kind](x, w, s), NATIVE[kind](x, w, s), rtol=1e-5, atol=1e-5)
     grads = [jax.grad(lambda x, w, f=f: jnp.sum(jnp.sin(f(x, w, s))), argnums=(0, 1))(x, w)
              for f in (FAST[kind], NATIVE[kind])]
@@ -72,6 +77,26 @@ def test_shift_add_gradient_builds_the_columns_once():
 
     sizes = [np.prod(e.outvars[0].aval.shape) for e in eqns(jaxpr.jaxpr)]
     assert sum(size >= cols for size in sizes) < 5
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["conv", "transpose"])
+def test_cpu_convs_of_a_large_batch_run_by_chunks_with_the_same_values(kind):
+    x = jax.random.normal(jax.random.key(0), (2 * conv.CHUNK, 6, 6, 3))
+    w = jax.random.normal(jax.random.key(1), (3, 3, 3, 4)) / 3
+    assert_equal_to_native(kind, x, w, 2)
+
+
+def test_cpu_convs_differentiate_in_forward_mode_inside_forward_mode():
+    """Their custom VJPs have no forward mode: conv.forward_mode() (RAE-GP's decoder Jacobian) gives
+    jacfwd the same values through the plain formulation."""
+    x = jax.random.normal(jax.random.key(0), (1, 5, 5, 2))
+    w = jax.random.normal(jax.random.key(1), (3, 3, 2, 3)) / 3
+    for kind in ("conv", "transpose"):
+        with conv.forward_mode():
+            fast = jax.jacfwd(lambda x, f=FAST[kind]: f(x, w, 2))(x)
+        native = jax.jacfwd(lambda x, f=NATIVE[kind]: f(x, w, 2))(x)
+        np.testing.assert_allclose(fast, native, rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.slow

@@ -168,6 +168,14 @@ def test_he_normal_torch_is_the_authors_he_init():
     assert not np.asarray(dense(784, 300, nnx.Rngs(0)).bias[...]).any()  # the default keeps zero biases
 
 
+def test_pytorch_init_is_an_nn_linear():
+    """pythae's models keep nn.Linear's defaults: kernel and bias U(-1/sqrt(fan_in), 1/sqrt(fan_in))."""
+    layer = dense(784, 512, nnx.Rngs(0), "pytorch")
+    k, b = np.asarray(layer.kernel[...]), np.asarray(layer.bias[...])
+    assert np.abs(k).max() <= 1 / 28 and np.abs(k).max() > 0.99 / 28 and abs(k.mean()) < 0.001
+    assert np.abs(b).max() <= 1 / 28 and np.abs(b).max() > 0.9 / 28
+
+
 def test_warmup_per_epoch_is_the_authors_set_beta():
     """Their beta in epoch e (from 1) is min(1, e / warmup); per step (the default) it is (step + 1) /
     warmup_steps, as before the option existed."""

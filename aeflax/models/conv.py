@@ -7,9 +7,10 @@ computed is chosen by `impl`:
 - "im2col": the same numbers as matmuls, the fast path on CPU, where XLA's convolutions
   (and above all their gradients) are several times slower than a matmul of the same
   FLOPs. A conv gathers its k*k shifted, strided views of the padded input into one
-  patch matrix and does one matmul; a transposed conv does one matmul to k*k*C_out
-  columns and adds the k*k column blocks back at their strided output positions
-  ("col2im"), so no zeros are ever inserted or multiplied;
+  patch matrix and does one matmul; a transposed conv is computed per output phase (no
+  zeros inserted or multiplied). Their gradients are written out too (custom VJPs): each
+  is one patch matrix and one or two matmuls, where JAX's autodiff of the patch gather
+  added the k*k gradient views back one by one, each a pass over the whole input;
 - "auto" (default): "im2col" on CPU, "native" elsewhere.
 
 Both give the numbers of the native convolution (float tolerance; see
@@ -19,10 +20,14 @@ checkpoint trained with one restores into another.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import math
+from functools import partial
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 from aeflax.models.layers import INITIALIZERS, activation, dense
@@ -55,77 +60,222 @@ def _same_pads(size: int, k: int, s: int) -> tuple[int, int]:
     return total // 2, total - total // 2
 
 
-def conv_im2col(x, kernel, bias, stride: int):
-    """`nnx.Conv(padding='SAME')` as matmuls; the smaller of two intermediates is materialized.
-
-    im2col: k*k strided views of the padded input side by side, one matmul (k*k*C_in
-    values per output pixel). Shift-add: one matmul to k*k*C_out columns per input pixel,
-    then each tap's columns are shifted into place and summed. The second wins when the
-    conv narrows (e.g. the last 16 -> 1 layer of the decoder).
-    """
-    k, _, c_in, c_out = kernel.shape
-    n, h, w, _ = x.shape
-    (pt, pb), (pl, pr) = _same_pads(h, k, stride), _same_pads(w, k, stride)
-    ho, wo = math.ceil(h / stride), math.ceil(w / stride)
-    if ho * wo * c_in <= h * w * c_out:
-        xp = jnp.pad(x, ((0, 0), (pt, pb), (pl, pr), (0, 0)))
-        views = [xp[:, i: i + (ho - 1) * stride + 1: stride, j: j + (wo - 1) * stride + 1: stride, :]
-                 for i in range(k) for j in range(k)]
-        y = jnp.concatenate(views, axis=-1) @ kernel.reshape(k * k * c_in, c_out)
-    else:  # tap-major columns: tap (i, j) is the block of C_out columns number i*k + j
-        cols = x @ kernel.transpose(2, 0, 1, 3).reshape(c_in, k * k * c_out)
-        high_h, high_w = max(0, (ho - 1) * stride + k - pt - h), max(0, (wo - 1) * stride + k - pl - w)
-        cols = jnp.pad(cols, ((0, 0), (pt, high_h), (pl, high_w), (0, 0)))
-        # split, not an index per tap: an index's gradient is a zero-padded copy of all the
-        # columns per tap (k*k of them summed), a split's is one concatenation
-        taps = jnp.split(cols, k * k, axis=-1)
-        y = sum(taps[i * k + j][:, i: i + (ho - 1) * stride + 1: stride, j: j + (wo - 1) * stride + 1: stride]
-                for i in range(k) for j in range(k))  # output (a, b) reads input (a*s + i - pt, b*s + j - pl)
-    return y + bias if bias is not None else y
-
-
 def _transpose_pad(k: int, s: int) -> int:
     """Leading pad of lax.conv_transpose(padding='SAME') on the dilated input."""
     return k - 1 if s > k - 1 else math.ceil((k + s - 2) / 2)
 
 
-def conv_transpose_phases(x, kernel, bias, stride: int):
-    """`nnx.ConvTranspose(padding='SAME')` (output = input size * stride) without inserted zeros.
+def _pad_for_windows(x, k: int, s: int, lead, out_hw):
+    """x with `lead` (rows, columns) leading zeros and the trailing zeros that out_hw windows need."""
+    trail = [max(0, (o - 1) * s + k - p - n) for o, p, n in zip(out_hw, lead, x.shape[1:3], strict=True)]
+    return jnp.pad(x, ((0, 0), (lead[0], trail[0]), (lead[1], trail[1]), (0, 0)))
 
-    Output row a*s + r (phase r) sums taps i with (r + i - p) divisible by s, reading input
-    row a + (r + i - p) / s (p: the native op's leading pad). So every phase is a small
-    stride-1 conv of the undilated input: one im2col over the window of offsets, one
-    matmul to s*s*C_out columns (a kernel assembled from the taps, zeros where a phase
-    has no tap), and a depth-to-space reshape interleaves the phases.
+
+def _patches(xp, k: int, s: int, out_hw):
+    """[N, ho, wo, k*k*C]: the k*k strided views of a padded input side by side (im2col)."""
+    ho, wo = out_hw
+    return jnp.concatenate([xp[:, i: i + (ho - 1) * s + 1: s, j: j + (wo - 1) * s + 1: s, :]
+                            for i in range(k) for j in range(k)], axis=-1)
+
+
+def _flip(kernel):
+    """The adjoint's kernel: taps reversed, input and output channels swapped."""
+    return kernel[::-1, ::-1].transpose(0, 1, 3, 2)
+
+
+def _phase_taps(k: int, s: int, p: int):
+    """(lowest input offset, window m, taps [m, s]) of a dilated conv along one axis: output row
+    a*s + r reads input row a + lo + d through kernel tap taps[d, r] (k: no tap, a zero)."""
+    offsets = [(r + i - p) // s for r in range(s) for i in range(k) if (r + i - p) % s == 0]
+    lo, m = min(offsets), max(offsets) - min(offsets) + 1
+    taps = np.full((m, s), k)
+    for d in range(m):
+        for r in range(s):
+            if 0 <= (i := (lo + d) * s + p - r) < k:
+                taps[d, r] = i
+    return lo, m, taps
+
+
+def _dilated_conv(x, kernel, s: int, lead, out_hw):
+    """out[o] = sum_i xd[o + i] kernel[i] per axis, xd = x dilated by s (s - 1 zeros between rows) after
+    `lead` zeros: the transposed conv, and a strided conv's input gradient, without inserted zeros.
+
+    Output row a*s + r (phase r) sums the taps i with (r + i - lead) divisible by s, reading input
+    row a + (r + i - lead) / s: every phase is a stride-1 conv of the undilated input, so one
+    im2col over the window of offsets, one matmul to s*s*C_out columns (a kernel assembled from
+    the taps, zeros where a phase has none), and a depth-to-space reshape interleaves the phases.
     """
     k, _, c_in, c_out = kernel.shape
     n, h, w, _ = x.shape
-    s, p = stride, _transpose_pad(k, stride)
-    offsets = [(r + i - p) // s for r in range(s) for i in range(k) if (r + i - p) % s == 0]
-    lo, hi = min(offsets), max(offsets)
-    m = hi - lo + 1
-    xp = jnp.pad(x, ((0, 0), (max(-lo, 0), max(hi, 0)), (max(-lo, 0), max(hi, 0)), (0, 0)))
-    o = max(-lo, 0) + lo  # where offset `lo` starts in the padded input
-    patches = jnp.concatenate([xp[:, o + dh: o + dh + h, o + dw: o + dw + w, :]
-                               for dh in range(m) for dw in range(m)], axis=-1)
-    zero = jnp.zeros((c_in, c_out), kernel.dtype)
+    (lo_h, m_h, taps_h), (lo_w, m_w, taps_w) = (_phase_taps(k, s, p) for p in lead)
+    a_h, a_w = (math.ceil(o / s) for o in out_hw)
+    xp = jnp.pad(x, ((0, 0), (max(-lo_h, 0), max(a_h + lo_h + m_h - 1 - h, 0)),
+                     (max(-lo_w, 0), max(a_w + lo_w + m_w - 1 - w, 0)), (0, 0)))
+    o_h, o_w = max(lo_h, 0), max(lo_w, 0)  # where offset lo starts in the padded input
+    patches = jnp.concatenate([xp[:, o_h + dh: o_h + dh + a_h, o_w + dw: o_w + dw + a_w, :]
+                               for dh in range(m_h) for dw in range(m_w)], axis=-1)
+    with_zero = jnp.pad(kernel, ((0, 1), (0, 1), (0, 0), (0, 0)))  # tap k: a zero block
+    taps = with_zero[taps_h[:, None, :, None], taps_w[None, :, None, :]]  # [m_h, m_w, s, s, C_in, C_out]
+    assembled = taps.transpose(0, 1, 4, 2, 3, 5).reshape(m_h * m_w * c_in, s * s * c_out)
+    y = (patches @ assembled).reshape(n, a_h, a_w, s, s, c_out).transpose(0, 1, 3, 2, 4, 5)
+    return y.reshape(n, a_h * s, a_w * s, c_out)[:, :out_hw[0], :out_hw[1], :]
 
-    def tap(d, r):  # kernel index for window offset d and phase r (None: no tap)
-        i = (lo + d) * s + p - r
-        return i if 0 <= i < k else None
 
-    rows = []
-    for dh in range(m):
-        for dw in range(m):
-            blocks = []
-            for rh in range(s):
-                for rw in range(s):
-                    ih, iw = tap(dh, rh), tap(dw, rw)
-                    blocks.append(zero if ih is None or iw is None else kernel[ih, iw])
-            rows.append(jnp.concatenate(blocks, axis=-1))  # [C_in, s*s*C_out]
-    y = patches @ jnp.concatenate(rows, axis=0)  # [B, H, W, s*s*C_out]
-    y = y.reshape(n, h, w, s, s, c_out).transpose(0, 1, 3, 2, 4, 5).reshape(n, h * s, w * s, c_out)
-    return y + bias if bias is not None else y
+def _shift_add(x, kernel, s: int, pads, out_hw):
+    """A narrowing conv: one matmul to k*k*C_out columns per input pixel, then each tap's columns
+    shifted into place and summed (output (a, b) reads input (a*s + i - pt, b*s + j - pl))."""
+    k, _, c_in, c_out = kernel.shape
+    n, h, w, _ = x.shape
+    (ho, wo), (pt, pl) = out_hw, pads
+    cols = (x @ kernel.transpose(2, 0, 1, 3).reshape(c_in, k * k * c_out)).reshape(n, h, w, k * k, c_out)
+    high_h, high_w = max(0, (ho - 1) * s + k - pt - h), max(0, (wo - 1) * s + k - pl - w)
+    cols = jnp.pad(jnp.moveaxis(cols, 3, 0), ((0, 0), (0, 0), (pt, high_h), (pl, high_w), (0, 0)))
+    return sum(cols[i * k + j, :, i: i + (ho - 1) * s + 1: s, j: j + (wo - 1) * s + 1: s]
+               for i in range(k) for j in range(k))
+
+
+def _grads_from_dy_patches(x, kernel, dy, s: int, lead):
+    """(dx, dkernel) of an op whose input gradient is dx[u] = sum_i dyp[u*s + i] flip(kernel)[i]
+    (dyp: dy after `lead` zeros): a stride-1 conv and a transposed conv. The same patch matrix of dy
+    gives the kernel gradient, dkernel[k-1-i] = sum_u x[u] dyp[u*s + i]: two matmuls."""
+    k, _, c_in, c_out = kernel.shape
+    hw = x.shape[1:3]
+    patches = _patches(_pad_for_windows(dy, k, s, lead, hw), k, s, hw).reshape(-1, k * k * c_out)
+    dx = (patches @ _flip(kernel).reshape(k * k * c_out, c_in)).reshape(x.shape)
+    dk = (x.reshape(-1, c_in).T @ patches).reshape(c_in, k, k, c_out).transpose(1, 2, 0, 3)[::-1, ::-1]
+    return dx, dk
+
+
+@partial(jax.custom_vjp, nondiff_argnums=(2,))
+def _matmul_conv(x, kernel, s: int):
+    return _matmul_conv_fwd(x, kernel, s)[0]
+
+
+def _matmul_conv_fwd(x, kernel, s):
+    """im2col (k*k*C_in values per output pixel) or shift-add (k*k*C_out per input pixel), the
+    smaller intermediate; a strided conv keeps its im2col patches for the kernel gradient."""
+    k, _, c_in, c_out = kernel.shape
+    n, h, w, _ = x.shape
+    pads = (_same_pads(h, k, s)[0], _same_pads(w, k, s)[0])
+    out_hw = (math.ceil(h / s), math.ceil(w / s))
+    if out_hw[0] * out_hw[1] * c_in <= h * w * c_out:
+        patches = _patches(_pad_for_windows(x, k, s, pads, out_hw), k, s, out_hw)
+        return patches @ kernel.reshape(k * k * c_in, c_out), (x, kernel, patches if s > 1 else None)
+    return _shift_add(x, kernel, s, pads, out_hw), (x, kernel, None)
+
+
+def _matmul_conv_bwd(s, res, dy):
+    x, kernel, patches = res
+    k, _, c_in, c_out = kernel.shape
+    n, h, w, _ = x.shape
+    pads = (_same_pads(h, k, s)[0], _same_pads(w, k, s)[0])
+    lead = (k - 1 - pads[0], k - 1 - pads[1])
+    if s == 1:
+        return _grads_from_dy_patches(x, kernel, dy, 1, lead)
+    if patches is None:  # a strided shift-add conv: the patches for its kernel gradient
+        patches = _patches(_pad_for_windows(x, k, s, pads, dy.shape[1:3]), k, s, dy.shape[1:3])
+    dk = (patches.reshape(-1, k * k * c_in).T @ dy.reshape(-1, c_out)).reshape(kernel.shape)
+    return _dilated_conv(dy, _flip(kernel), s, lead, (h, w)), dk
+
+
+_matmul_conv.defvjp(_matmul_conv_fwd, _matmul_conv_bwd)
+
+
+def _conv_transpose_values(x, kernel, s: int):
+    p = _transpose_pad(kernel.shape[0], s)
+    return _dilated_conv(x, kernel, s, (p, p), (x.shape[1] * s, x.shape[2] * s))
+
+
+_matmul_conv_transpose = partial(jax.custom_vjp, nondiff_argnums=(2,))(_conv_transpose_values)
+
+
+def _matmul_conv_transpose_fwd(x, kernel, s):
+    return _matmul_conv_transpose(x, kernel, s), (x, kernel)
+
+
+def _matmul_conv_transpose_bwd(s, res, dy):
+    x, kernel = res
+    k = kernel.shape[0]
+    lead = k - 1 - _transpose_pad(k, s)
+    return _grads_from_dy_patches(x, kernel, dy, s, (lead, lead))
+
+
+_matmul_conv_transpose.defvjp(_matmul_conv_transpose_fwd, _matmul_conv_transpose_bwd)
+
+
+@jax.custom_vjp
+def _add_bias(y, bias):
+    return y + bias
+
+
+def _add_bias_fwd(y, bias):
+    return y + bias, None
+
+
+def _add_bias_bwd(_, dy):
+    """The bias gradient as a matvec (ones @ dy): XLA:CPU's column sum over every pixel of the batch
+    took longer than the layer's matmuls (1.1 ms of a 10 ms step for the 8 -> 16 transposed conv)."""
+    columns = dy.reshape(-1, dy.shape[-1])
+    return dy, (jnp.ones((1, columns.shape[0]), dy.dtype) @ columns)[0]
+
+
+_add_bias.defvjp(_add_bias_fwd, _add_bias_bwd)
+
+
+_FORWARD_MODE = contextvars.ContextVar("aeflax_conv_forward_mode", default=False)
+
+
+@contextlib.contextmanager
+def forward_mode():
+    """Convs traced inside leave out their custom VJPs, which JAX cannot differentiate in forward mode
+    (jax.jvp, jax.jacfwd through a model: RAE-GP's decoder Jacobian); the same values."""
+    token = _FORWARD_MODE.set(True)
+    try:
+        yield
+    finally:
+        _FORWARD_MODE.reset(token)
+
+
+CHUNK = 32  # images per slice of a larger batch (_by_chunks)
+
+
+def _by_chunks(op, x, kernel, stride: int):
+    """op(x, kernel, stride) on CHUNK images at a time (lax.map), when the batch divides: a batch
+    of 256 builds patch matrices of tens of MB, past the CPU's caches, and its epoch took longer
+    than at batch 32; the kernel gradient sums the chunks' (another order of the same sum)."""
+    n = x.shape[0]
+    if n <= CHUNK or n % CHUNK:
+        return op(x, kernel, stride)
+    y = jax.lax.map(lambda xc: op(xc, kernel, stride), x.reshape(n // CHUNK, CHUNK, *x.shape[1:]))
+    return y.reshape(n, *y.shape[2:])
+
+
+def _with_bias(y, bias):
+    if bias is None:
+        return y
+    return y + bias if _FORWARD_MODE.get() else _add_bias(y, bias)
+
+
+def conv_im2col(x, kernel, bias, stride: int):
+    """`nnx.Conv(padding='SAME')` as matmuls, forward and backward (a custom VJP: XLA's autodiff of
+    the patch gather adds the k*k gradient views back one at a time, one pass over the input each).
+
+    Forward: im2col or shift-add, whichever intermediate is smaller (shift-add when the conv
+    narrows, e.g. the decoder's last 16 -> 1 layer). Backward: the kernel gradient is one matmul
+    (patches^T dy), the input gradient is the transposed conv of dy, by phases (_dilated_conv).
+    """
+    if _FORWARD_MODE.get():
+        return _with_bias(_matmul_conv_fwd(x, kernel, stride)[0], bias)
+    return _with_bias(_by_chunks(_matmul_conv, x, kernel, stride), bias)
+
+
+def conv_transpose_phases(x, kernel, bias, stride: int):
+    """`nnx.ConvTranspose(padding='SAME')` (output = input size * stride) without inserted zeros:
+    the phases of _dilated_conv forward; backward both gradients from one patch matrix of dy (the
+    input gradient is a strided conv of dy)."""
+    if _FORWARD_MODE.get():
+        return _with_bias(_conv_transpose_values(x, kernel, stride), bias)
+    return _with_bias(_by_chunks(_matmul_conv_transpose, x, kernel, stride), bias)
 
 
 def _stride(layer) -> int:

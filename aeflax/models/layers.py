@@ -25,8 +25,10 @@ INITIALIZERS = {
     "pytorch_uniform": nnx.initializers.variance_scaling(1 / 3, "fan_in", "uniform"),
     # the VampPrior and Exemplar VAE code's he_init: N(0, 2 / fan_in), not truncated
     "he_normal_torch": nnx.initializers.variance_scaling(2.0, "fan_in", "normal"),
+    # an nn.Linear as PyTorch makes it: pytorch_uniform kernel and PyTorch's bias (pythae's models)
+    "pytorch": nnx.initializers.variance_scaling(1 / 3, "fan_in", "uniform"),
 }
-TORCH_BIAS = ("he_normal_torch",)  # inits whose biases keep PyTorch's default (torch_bias)
+TORCH_BIAS = ("he_normal_torch", "pytorch")  # inits whose biases keep PyTorch's default (torch_bias)
 
 
 def activation(name: str):

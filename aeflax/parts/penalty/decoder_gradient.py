@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import jax
 import jax.numpy as jnp
 
+from aeflax.models import conv
 from aeflax.parts import Penalty, traced
 
 
@@ -20,7 +21,8 @@ def decoder_jacobian_sq(model, z):
     def jacobian(zi):
         return jax.jacfwd(lambda c: model.decode(c[None])[0])(zi)  # [*image, *code]
 
-    jac = jax.vmap(jacobian)(z)
+    with conv.forward_mode():  # the CPU convs' custom VJPs have no forward mode
+        jac = jax.vmap(jacobian)(z)
     return jnp.sum(jac.reshape(z.shape[0], -1) ** 2, axis=-1)
 
 
