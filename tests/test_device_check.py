@@ -20,7 +20,8 @@ def test_the_device_check_runs_every_step_and_prints_the_ratios(tmp_path):
     ratios = out.stdout.split("device_check: the ratios", 1)[1].splitlines()
     assert any(line.startswith("Matmul rate at") for line in ratios)
     trained = [line for line in ratios if line.startswith(("| dense |", "| conv |", "| vae |"))]
-    assert len(trained) == 6  # each model's epoch, and its epoch against its matmul limit
+    # each model's epoch (the conv AE at batch 32 and 256), and its epoch against its matmul limit
+    assert len(trained) == 8 and sum(line.startswith("| conv |") for line in trained) == 4
     for n in (2, 4):
         sweeps = {line.split("|")[2].strip(): line for line in ratios if line.startswith(f"| {n} configs")}
         assert set(sweeps) == {"basic", "vmap"}
