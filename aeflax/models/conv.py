@@ -125,11 +125,9 @@ def _shift_add(x, kernel, s: int, pads, out_hw):
     """A narrowing conv: one matmul to k*k*C_out columns per input pixel, then each tap's columns
     shifted into place and summed (output (a, b) reads input (a*s + i - pt, b*s + j - pl))."""
     k, _, c_in, c_out = kernel.shape
-    n, h, w, _ = x.shape
-    (ho, wo), (pt, pl) = out_hw, pads
-    cols = (x @ kernel.transpose(2, 0, 1, 3).reshape(c_in, k * k * c_out)).reshape(n, h, w, k * k, c_out)
-    high_h, high_w = max(0, (ho - 1) * s + k - pt - h), max(0, (wo - 1) * s + k - pl - w)
-    cols = jnp.pad(jnp.moveaxis(cols, 3, 0), ((0, 0), (0, 0), (pt, high_h), (pl, high_w), (0, 0)))
+    ho, wo = out_hw
+    cols = _pad_for_windows(x @ kernel.transpose(2, 0, 1, 3).reshape(c_in, k * k * c_out), k, s, pads, out_hw)
+    cols = jnp.moveaxis(cols.reshape(*cols.shape[:3], k * k, c_out), 3, 0)
     return sum(cols[i * k + j, :, i: i + (ho - 1) * s + 1: s, j: j + (wo - 1) * s + 1: s]
                for i in range(k) for j in range(k))
 
