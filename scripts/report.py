@@ -44,6 +44,8 @@ class Study:
     reference: Optional[Reference] = None  # the published code's own runs, seeded, on our data
     readme: str = ""  # experiments/<readme>/README.md holds the table; default the key (one study a README)
     over_all: bool = False  # a last row: mean ± std over every run of every row (e.g. over classes)
+    published: dict = field(default_factory=dict)  # row key -> (label, published as printed, value): a
+    # table whose rows each have their own published number, shown in this order, run or not
 
     @property
     def folder(self) -> str:
@@ -81,6 +83,16 @@ STUDIES = [
           "hydra.sweep.dir=results/repro_exemplar_vae_cpu",
           transform=lambda v: -v, quantity="test log-likelihood, nats (k = 5000)",
           extra_metrics=["test/elbo", "test/active_units"]),
+    Study("exemplar_table", "Exemplar VAE, Table 1, Fashion-MNIST column: the full protocol, row by row",
+          "exemplar_table", "test/nll_k5000", "per row", None,
+          "python experiments/train.py experiment=<the row's> hydra.run.dir=runs/exemplar_table/<row> "
+          "(resumes; see the table above), then copy the finished run to results/exemplar_table/<row>",
+          rows=["name"], transform=lambda v: -v, quantity="test log-likelihood, nats (k = 5000)",
+          extra_metrics=["test/elbo", "test/active_units"], readme="exemplar_vae",
+          published={("repro_exemplar_vae",): ("VAE, Gaussian prior", "−228.70 ± 0.15", -228.70),
+                     ("repro_exemplar_vamp",): ("VAE, VampPrior", "−227.35 ± 0.05", -227.35),
+                     ("repro_exemplar_hvae_vamp",): ("HVAE, VampPrior", "−226.72 ± 0.08", -226.72),
+                     ("repro_exemplar_vae_exemplar",): ("Exemplar VAE", "−226.75 ± 0.07", -226.75)}),
     Study("fmnist_probe", "Fashion-MNIST benchmark: linear probe (paper: raw-pixel logistic regression)",
           "repro_probe", "probe/accuracy", "0.842 (raw pixels)", 0.842,
           "python experiments/train.py experiment=repro_probe hydra.sweep.dir=results/repro_probe",
@@ -185,11 +197,17 @@ def study_block(study: Study) -> str:
         return "\n".join(lines)
     rows, timing, n_runs = result
     keys = sorted({k for k, *_ in rows}, key=str)
+    if study.published:  # the paper's rows in its order, then any other rows
+        keys = [*study.published, *(k for k in keys if k not in study.published)]
     metrics = [m for m in [study.metric, *study.extra_metrics] if any(r[1] == m for r in rows)]
-    head = [*(study.rows or []), *metrics]
+    head = [*(study.rows or []), *(["row", "published", "ours"] if study.published else []), *metrics]
     lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for key in keys:
         cells = [str(v) for v in key]
+        if study.published:
+            label, paper, _ = study.published.get(key, ("", "–", None))
+            cells += [label, paper, ours(study, rows, key) if any(k == key for k, *_ in rows)
+                      else in_progress(study, key)]
         for metric in metrics:
             cell = next(((mean, std, n) for k, m, mean, std, n, _ in rows if k == key and m == metric), None)
             if cell is None or cell[2] == 0:
@@ -208,6 +226,29 @@ def study_block(study: Study) -> str:
         lines += reference_lines(study)
     lines += [f"Command: `{study.command}`, then `python scripts/report.py`.", "", END]
     return "\n".join(lines)
+
+
+def in_progress(study: Study, key: tuple) -> str:
+    """Where a row's run stands in runs/<results>/ (long runs in progress, committed between
+    sessions): its last epoch and best validation loss so far, or "not run yet"."""
+    path = ROOT / "runs" / study.results
+    runs = tables.load([path]) if path.exists() else None
+    if runs is None or not len(runs):
+        return "not run yet"
+    for _, run in runs.iterrows():
+        if tuple(run[k] for k in study.rows) != key:
+            continue
+        run_dir = Path(run["run"])
+        where = run_dir.relative_to(ROOT) if run_dir.is_relative_to(ROOT) else run_dir
+        records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()
+                   if line.strip()]
+        epochs = [r for r in records if "val/loss" in r]
+        if not epochs:
+            return f"started, no epoch yet (`{where}`)"
+        best = min(epochs, key=lambda r: r["val/loss"])
+        return (f"in progress: epoch {epochs[-1]['epoch']}, best val/loss {best['val/loss']:.2f} at epoch "
+                f"{best['epoch']} (`{where}`)")
+    return "not run yet"
 
 
 def seed_values(results: Path, metric: str) -> list[float]:
@@ -272,6 +313,11 @@ def summary_block() -> str:
         result = study_rows(study)
         if result is None:
             value = study.not_run or "not run yet"
+        elif study.published:
+            ran = {k for k, *_ in result[0]}
+            value = "; ".join(f"{label}: {ours(study, result[0], key)} vs {paper}" if key in ran
+                              else f"{label}: {in_progress(study, key)}"
+                              for key, (label, paper, _) in study.published.items())
         elif study.rows:
             value = row_summary(study, result[0])
         else:

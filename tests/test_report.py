@@ -75,3 +75,30 @@ def test_reference_not_run_says_how(tmp_path, monkeypatch):
     study = report.Study("s", "t", "mine", "test/mse", "x", 1.0, "cmd",
                          reference=report.Reference("absent", "their code", "their cmd"))
     assert "not run yet; `their cmd`" in report.reference_lines(study)[0]
+
+
+def _named_run(run_dir: Path, name: str, summary: dict, epochs=()):
+    (run_dir / ".hydra").mkdir(parents=True)
+    (run_dir / ".hydra" / "config.yaml").write_text(f"name: {name}\n")
+    (run_dir / "summary.json").write_text(json.dumps(summary))
+    (run_dir / "metrics.jsonl").write_text("".join(json.dumps(e) + "\n" for e in epochs))
+
+
+def test_a_table_of_published_rows_shows_each_finished_in_progress_or_not_run(tmp_path, monkeypatch):
+    _named_run(tmp_path / "results" / "table" / "a", "a", {"status": "finished", "test/nll": 228.5,
+                                                           "time/epoch_seconds": 2.0})
+    _named_run(tmp_path / "runs" / "table" / "b", "b", {"status": "running"},
+               [{"epoch": 1, "val/loss": 300.0}, {"epoch": 2, "val/loss": 290.5}, {"epoch": 3, "val/loss": 291.0}])
+    monkeypatch.setattr(report, "ROOT", tmp_path)
+    study = report.Study("s", "t", "table", "test/nll", "per row", None, "cmd", rows=["name"],
+                         transform=lambda v: -v,
+                         published={("c",): ("row C", "−1", -1.0), ("a",): ("row A", "−228.70", -228.7),
+                                    ("b",): ("row B", "−227.35", -227.35)})
+    rows = [line for line in report.study_block(study).splitlines() if line.startswith("| ")][1:]
+    assert rows == ["| c | row C | −1 | not run yet | – |",  # the published order, run or not
+                    "| a | row A | −228.70 | -228.50 (n=1) | 228.50 (1) |",
+                    "| b | row B | −227.35 | in progress: epoch 3, best val/loss 290.50 at epoch 2 "
+                    "(`runs/table/b`) | – |"]
+    monkeypatch.setattr(report, "STUDIES", [study])
+    assert ("row C: not run yet; row A: -228.50 (n=1) vs −228.70; row B: in progress: epoch 3"
+            in report.summary_block())
