@@ -574,6 +574,7 @@ def run_cli(args: list[str], workdir: Path) -> float:
     """Seconds from the command `python experiments/train.py ARGS` to its exit (NaN if it failed)."""
     env = dict(os.environ, WANDB_MODE=os.environ.get("WANDB_MODE", "offline"), TF_CPP_MIN_LOG_LEVEL="3",
                XLA_PYTHON_CLIENT_PREALLOCATE="false")  # joblib's processes share one GPU
+    env.pop("PYTHONDONTWRITEBYTECODE", None)  # warm caches include Python's own .pyc files
     t0 = time.perf_counter()
     out = subprocess.run([sys.executable, str(ROOT / "experiments" / "train.py"), *args], cwd=workdir,
                          env=env, capture_output=True, text=True)

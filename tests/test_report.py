@@ -88,7 +88,7 @@ def test_a_table_of_published_rows_shows_each_finished_in_progress_or_not_run(tm
     _named_run(tmp_path / "results" / "table" / "a", "a", {"status": "finished", "test/nll": 228.5,
                                                            "time/epoch_seconds": 2.0})
     _named_run(tmp_path / "runs" / "table" / "b", "b", {"status": "running"},
-               [{"epoch": 1, "val/loss": 300.0}, {"epoch": 2, "val/loss": 290.5}, {"epoch": 3, "val/loss": 291.0}])
+               [{"epoch": e, "val/loss": v} for e, v in ((1, 300.0), (2, 290.5), (3, 291.0))])
     monkeypatch.setattr(report, "ROOT", tmp_path)
     study = report.Study("s", "t", "table", "test/nll", "per row", None, "cmd", rows=["name"],
                          transform=lambda v: -v,
