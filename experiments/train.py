@@ -17,6 +17,7 @@ import atexit
 import math
 import os
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -105,7 +106,11 @@ def _fmt(value) -> str:
 def leave(code: int = 0) -> None:
     """End the process without the interpreter's teardown, once everything is written: with JAX,
     W&B and matplotlib loaded it frees thousands of modules one by one (1.3-1.5 s on 2 busy CPU
-    cores). The atexit handlers still run (logging's flush, W&B's service, temporary folders)."""
+    cores). What a normal exit runs before the teardown still runs, in its order: threading's
+    shutdown (its exit hooks, e.g. joblib's loky executor stopping its workers, then the wait for
+    non-daemon threads), then the atexit handlers (logging's flush, W&B's service, temporary
+    folders, multiprocessing joining its children: before loky's hook they waited forever)."""
+    threading._shutdown()
     atexit._run_exitfuncs()
     sys.stdout.flush()
     sys.stderr.flush()
