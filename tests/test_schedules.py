@@ -70,7 +70,8 @@ def test_an_early_stopped_run_interrupted_after_its_best_epoch_resumes_the_same(
 
     epochs = 16  # room to stop early wherever the best epoch falls (10 on one CPU, earlier on another)
     overrides = (f"train.epochs={epochs}", "train.batch_size=32", "data.val_size=500",
-                 "data.train_limit=1500", "data.test_limit=200", "train.early_stopping_patience=2", "optimizer.learning_rate=0.05",
+                 "data.train_limit=1500", "data.test_limit=200", "train.early_stopping_patience=2",
+                 "optimizer.learning_rate=0.05",
                  "eval.figures=false", f"train.early_stopping_from={count_from}")
     reference = train_and_evaluate(make_cfg(*overrides), tmp_path / "uninterrupted", progress=False)
     best = reference["epochs"]
