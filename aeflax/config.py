@@ -76,6 +76,9 @@ class TrainConfig:
     batch_size: int = 256
     eval_batch_size: int = 1000
     checkpoint_every: int = record(1)  # epochs; 0 = only at the end
+    # the per-epoch evaluation of the eval split: every N epochs and after the last (0: after the last
+    # only); it changes no number, and saves its cost where nothing reads the curve (early stopping: 1)
+    eval_every: int = record(1)
     early_stopping_patience: int = 0  # epochs without val improvement; 0 = off
     early_stopping_from: int = 0  # the first epoch the patience counts (the KL warm-up's before it do not)
 
@@ -163,6 +166,10 @@ def validate(cfg: Any) -> None:
     check(t.batch_size >= 1, f"train.batch_size={t.batch_size} must be >= 1")
     check(t.eval_batch_size >= 1, f"train.eval_batch_size={t.eval_batch_size} must be >= 1")
     check(t.checkpoint_every >= 0, f"train.checkpoint_every={t.checkpoint_every} must be >= 0")
+    check(t.eval_every >= 0, f"train.eval_every={t.eval_every} must be >= 0")
+    check(not (t.early_stopping_patience and t.eval_every != 1),
+          f"train.eval_every={t.eval_every}: early stopping reads the validation loss after every epoch "
+          "(train.eval_every=1)")
     check(t.early_stopping_patience >= 0,
           f"train.early_stopping_patience={t.early_stopping_patience} must be >= 0")
     check(t.early_stopping_from >= 0, f"train.early_stopping_from={t.early_stopping_from} must be >= 0")

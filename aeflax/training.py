@@ -376,19 +376,26 @@ def fit(cfg, dataset, *, state: Optional[TrainState] = None, graphdef=None,
             break
         t0 = time.perf_counter()
         state, train_metrics = train_epoch(state, train_images, hp)
-        metrics = {k: float(v) for k, v in {**train_metrics, **evaluate(state, eval_images, hp)}.items()}
+        evaluated = evaluate(state, eval_images, hp) if eval_due(cfg, epoch + 1) else {}
+        metrics = {k: float(v) for k, v in {**train_metrics, **evaluated}.items()}
         metrics.update(epoch=epoch + 1, step=int(state.step), epoch_seconds=time.perf_counter() - t0)
         check_finite(metrics, epoch + 1)
         history.append(metrics)
         if hasattr(bar, "set_postfix"):
-            bar.set_postfix({"loss": f"{metrics['train/loss']:.4g}",
-                             f"{eval_name}/loss": f"{metrics[f'{eval_name}/loss']:.4g}"})
+            shown = {"loss": metrics["train/loss"], f"{eval_name}/loss": metrics.get(f"{eval_name}/loss")}
+            bar.set_postfix({k: f"{v:.4g}" for k, v in shown.items() if v is not None})
         done = stopper.should_stop(metrics, state)
         if on_epoch is not None:
             on_epoch(epoch + 1, metrics, state)
         if done:
             break
     return FitResult(graphdef, stopper.best_state or state, history)
+
+
+def eval_due(cfg, epoch: int) -> bool:
+    """Whether epoch `epoch` (1-based) evaluates the eval split: every train.eval_every and the last."""
+    every = cfg.train.eval_every
+    return epoch >= cfg.train.epochs or (every > 0 and epoch % every == 0)
 
 
 class EarlyStopping:

@@ -105,11 +105,13 @@ def train_group(cfgs: Sequence, dataset=None, progress: bool = False,
     for epoch in epochs:
         t0 = time.perf_counter()
         state, train_metrics = train_epoch(state, train_images, hp)
-        metrics = jax.device_get({**train_metrics, **evaluate(state, eval_images, hp)})
+        due = [training.eval_due(c, epoch + 1) for c in cfgs]  # train.eval_every may differ between members
+        evaluated = jax.device_get(evaluate(state, eval_images, hp)) if any(due[i] for i in running) else {}
+        metrics = jax.device_get(train_metrics)
         steps = jax.device_get(state.step)
         seconds = time.perf_counter() - t0
         for i in list(running):
-            m = {k: float(v[i]) for k, v in metrics.items()}
+            m = {k: float(v[i]) for k, v in {**metrics, **(evaluated if due[i] else {})}.items()}
             m.update(epoch=epoch + 1, step=int(steps[i]), epoch_seconds=seconds)
             histories[i].append(m)  # a non-finite metric fails that member's run when it replays
             if stoppers[i].patience and stoppers[i].should_stop(m, _member(state, i)):
