@@ -85,8 +85,9 @@ STUDIES = [
           extra_metrics=["test/elbo", "test/active_units"]),
     Study("exemplar_table", "Exemplar VAE, Table 1, Fashion-MNIST column: the full protocol, row by row",
           "exemplar_table", "test/nll_k5000", "per row", None,
-          "python experiments/train.py experiment=<the row's> hydra.run.dir=runs/exemplar_table/<row> "
-          "(resumes; see the table above), then copy the finished run to results/exemplar_table/<row>",
+          "python experiments/train.py experiment=<the row's experiment> "
+          "hydra.run.dir=runs/exemplar_table/<row> (again to resume); once finished, "
+          "cp -r runs/exemplar_table/<row> results/exemplar_table/<row>",
           rows=["name"], transform=lambda v: -v, quantity="test log-likelihood, nats (k = 5000)",
           extra_metrics=["test/elbo", "test/active_units"], readme="exemplar_vae",
           published={("repro_exemplar_vae",): ("VAE, Gaussian prior", "−228.70 ± 0.15", -228.70),
@@ -202,12 +203,14 @@ def study_block(study: Study) -> str:
     metrics = [m for m in [study.metric, *study.extra_metrics] if any(r[1] == m for r in rows)]
     head = [*(study.rows or []), *(["row", "published", "ours"] if study.published else []), *metrics]
     lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    ran = {k for k, *_ in rows}
+    progress = in_progress(study) if study.published else {}
     for key in keys:
         cells = [str(v) for v in key]
         if study.published:
             label, paper, _ = study.published.get(key, ("", "–", None))
-            cells += [label, paper, ours(study, rows, key) if any(k == key for k, *_ in rows)
-                      else in_progress(study, key)]
+            cells += [label, paper,
+                      ours(study, rows, key) if key in ran else progress.get(key, "not run yet")]
         for metric in metrics:
             cell = next(((mean, std, n) for k, m, mean, std, n, _ in rows if k == key and m == metric), None)
             if cell is None or cell[2] == 0:
@@ -228,27 +231,23 @@ def study_block(study: Study) -> str:
     return "\n".join(lines)
 
 
-def in_progress(study: Study, key: tuple) -> str:
-    """Where a row's run stands in runs/<results>/ (long runs in progress, committed between
-    sessions): its last epoch and best validation loss so far, or "not run yet"."""
+def in_progress(study: Study) -> dict[tuple, str]:
+    """Where each row's run in runs/<results>/ stands (long runs in progress, committed between
+    sessions), by row key: its last epoch and best validation loss so far."""
     path = ROOT / "runs" / study.results
-    runs = tables.load([path]) if path.exists() else None
-    if runs is None or not len(runs):
-        return "not run yet"
-    for _, run in runs.iterrows():
-        if tuple(run[k] for k in study.rows) != key:
-            continue
+    runs = tables.load([path]) if path.exists() else []
+    progress = {}
+    for _, run in (runs.iterrows() if len(runs) else ()):
         run_dir = Path(run["run"])
         where = run_dir.relative_to(ROOT) if run_dir.is_relative_to(ROOT) else run_dir
         records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()
                    if line.strip()]
         epochs = [r for r in records if "val/loss" in r]
-        if not epochs:
-            return f"started, no epoch yet (`{where}`)"
-        best = min(epochs, key=lambda r: r["val/loss"])
-        return (f"in progress: epoch {epochs[-1]['epoch']}, best val/loss {best['val/loss']:.2f} at epoch "
-                f"{best['epoch']} (`{where}`)")
-    return "not run yet"
+        best = min(epochs, key=lambda r: r["val/loss"]) if epochs else None
+        progress[tuple(run[k] for k in study.rows)] = (
+            f"in progress: epoch {epochs[-1]['epoch']}, best val/loss {best['val/loss']:.2f} at epoch "
+            f"{best['epoch']} (`{where}`)" if best else f"started, no epoch yet (`{where}`)")
+    return progress
 
 
 def seed_values(results: Path, metric: str) -> list[float]:
@@ -314,9 +313,9 @@ def summary_block() -> str:
         if result is None:
             value = study.not_run or "not run yet"
         elif study.published:
-            ran = {k for k, *_ in result[0]}
+            ran, progress = {k for k, *_ in result[0]}, in_progress(study)
             value = "; ".join(f"{label}: {ours(study, result[0], key)} vs {paper}" if key in ran
-                              else f"{label}: {in_progress(study, key)}"
+                              else f"{label}: {progress.get(key, 'not run yet')}"
                               for key, (label, paper, _) in study.published.items())
         elif study.rows:
             value = row_summary(study, result[0])
