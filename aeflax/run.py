@@ -210,8 +210,7 @@ def _lead(cfg, workdir: Path, config_dict, group, progress: bool, started: float
         check_compatible(cfg, dataset)
         new_id = None if run_id else new_run_id(cfg.logger, workdir, workdir.name)
         tracker = BackgroundRun(lambda: WandbRun(cfg.logger, workdir, config_dict or {}, name=workdir.name,
-                                                 group=group, run_id=run_id, new_id=new_id),
-                                images=bool(cfg.eval.figures))
+                                                 group=group, run_id=run_id, new_id=new_id))
         summary["wandb_id"] = run_id or new_id
         record.write_summary(summary)  # the id is kept from now on: a resume continues this W&B run
         _train(cfg, dataset, workdir, record, tracker, summary, started, progress, signals, trained)

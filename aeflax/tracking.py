@@ -270,6 +270,7 @@ class WandbRun:
             import wandb
 
             _list_packages_once(wandb)
+            _no_pandas_import(wandb)
             if logger_cfg.mode == "online":
                 check_online(os.environ.get("WANDB_BASE_URL") or wandb.Settings().base_url)
             self.wandb_dir.mkdir(parents=True, exist_ok=True)
@@ -382,16 +383,13 @@ class BackgroundRun:
     the wandb-core service: seconds) runs while the model trains. Every call is queued in order
     and returns at once; `started()` waits for W&B to start, `finish` for all that was queued.
 
-    `start` makes the WandbRun (on that thread); `images`: the run will log figures, so what W&B
-    loads for its first image is loaded beside the training too.
+    `start` makes the WandbRun (on that thread).
     """
 
-    def __init__(self, start: Callable[[], WandbRun], images: bool = False):
+    def __init__(self, start: Callable[[], WandbRun]):
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="aeflax-wandb")
         self._closed = False  # finished: later calls are no-ops, as WandbRun's
         self._run = self._pool.submit(start)
-        if images:
-            self._pool.submit(self._prepare_images)
 
     def started(self) -> None:
         """Wait until W&B has started (or failed to: then every call is a no-op)."""
@@ -401,10 +399,6 @@ class BackgroundRun:
     def id(self) -> Optional[str]:
         """The W&B run's id once started, None if W&B is off or failed to start (waits for it)."""
         return self._run.result().id
-
-    def _prepare_images(self) -> None:
-        if self._run.result().id is not None:
-            import pandas  # noqa: F401 - wandb.log imports it for its DataFrame check on the first image
 
     def _queue(self, method: str, *args, **kwargs) -> None:
         if self._closed:
@@ -453,6 +447,16 @@ def start_service() -> None:
         wandb.setup()
     except Exception as err:  # noqa: BLE001 - only a head start: each run's wandb.init says what fails
         log.debug("W&B's service did not start ahead: %s", err)
+
+
+def _no_pandas_import(wandb) -> None:
+    """W&B asks of every value it logs other than a number or a string (our figures) whether it is
+    a pandas DataFrame, by importing pandas where pandas is installed: seconds of CPU beside the
+    training, in every process that logs a figure. With `pd_available` off it reads the value's
+    type name instead (`pandas.*DataFrame`), which gives the same answer without the import."""
+    util = getattr(wandb, "util", None)
+    if util is not None and hasattr(util, "pd_available"):
+        util.pd_available = False
 
 
 def _list_packages_once(wandb) -> None:

@@ -127,3 +127,38 @@ def test_wandb_init_waits_while_the_service_still_holds_a_killed_process_run(tmp
                                                           "offline-run-20261203_000000-abc"]
     with pytest.raises(RuntimeError, match="is in use"):
         tracking._init_when_free(Service(), seconds=-1, dir=str(tmp_path), id="abc")  # no time left
+
+
+@pytest.mark.slow
+def test_an_offline_run_logs_a_figure_without_importing_pandas(tmp_path):
+    """W&B's DataFrame check on a logged figure imports pandas where pandas is installed (seconds
+    beside the training); aeflax makes it read the type's name instead, which still knows a
+    DataFrame when it sees one."""
+    import subprocess
+    import sys
+
+    code = """
+import sys, numpy as np, matplotlib
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+from omegaconf import OmegaConf
+from aeflax import tracking
+from aeflax.config import LoggerConfig
+cfg = OmegaConf.structured(LoggerConfig)
+cfg.mode = "offline"
+run = tracking.WandbRun(cfg, sys.argv[1], {}, name="figure", group=None)
+plt.imsave(sys.argv[1] + "/f.png", np.zeros((4, 4)))
+run.log_image("figures/f", sys.argv[1] + "/f.png", step=1)
+run.finish()
+assert run.run is None
+print("pandas imported:", "pandas" in sys.modules)
+import pandas, wandb
+print("a DataFrame:", wandb.util.is_pandas_data_frame(pandas.DataFrame({"a": [1]})),
+      wandb.util.is_pandas_data_frame(np.zeros(2)))
+"""
+    out = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True,
+                         timeout=300, env={**__import__("os").environ, "WANDB_SILENT": "true"})
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "pandas imported: False" in out.stdout
+    assert "a DataFrame: True False" in out.stdout
+    assert list((tmp_path / "wandb").glob("offline-run-*/files/media/images/figures/f_*.png"))
