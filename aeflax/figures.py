@@ -14,23 +14,23 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from threadpoolctl import threadpool_limits  # noqa: E402
 
+DPI = 80
+ZOOM = 2  # screen pixels per image pixel: a whole number, so that every pixel stays a square
+LABEL_FONT, TITLE_FONT = 8, 9
+
 
 @functools.cache  # once per process: a sweep's later runs find matplotlib ready
 def warm_up() -> None:
     """Draw a small figure into memory and drop it: matplotlib's first figure loads its fonts and
     sets up the canvas (about half a second), which run.py has done beside the training."""
+    _text_inches("warm-up", LABEL_FONT)  # image_rows measures its labels with the same font
     fig, ax = plt.subplots(figsize=(1.5, 1))
-    ax.imshow(np.zeros((2, 2)), cmap="gray", vmin=0, vmax=1)
-    ax.set_yticks([0.5], ["warm-up"], fontsize=8)
-    ax.set_title("warm-up", fontsize=9)
+    ax.imshow(np.zeros((2, 2)), cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+    ax.set_yticks([0.5], ["warm-up"], fontsize=LABEL_FONT)
+    ax.set_title("warm-up", fontsize=TITLE_FONT)
     fig.tight_layout()
-    fig.savefig(io.BytesIO(), format="png", dpi=80)
+    fig.savefig(io.BytesIO(), format="png", dpi=DPI)
     plt.close(fig)
-
-
-DPI = 80
-ZOOM = 2  # screen pixels per image pixel: a whole number, so that every pixel stays a square
-LABEL_FONT, TITLE_FONT = 8, 9
 
 
 def _save(fig: plt.Figure, path: str | Path, tight: bool = True) -> Path:
