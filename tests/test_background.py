@@ -2,6 +2,9 @@
 checkpoint writer (saves written while the next epoch trains)."""
 
 import logging
+import os
+import subprocess
+import sys
 import threading
 
 import jax.numpy as jnp
@@ -134,9 +137,6 @@ def test_an_offline_run_logs_a_figure_without_importing_pandas(tmp_path):
     """W&B's DataFrame check on a logged figure imports pandas where pandas is installed (seconds
     beside the training); aeflax makes it read the type's name instead, which still knows a
     DataFrame when it sees one."""
-    import subprocess
-    import sys
-
     code = """
 import sys, numpy as np, matplotlib
 matplotlib.use("Agg")
@@ -157,7 +157,7 @@ print("a DataFrame:", wandb.util.is_pandas_data_frame(pandas.DataFrame({"a": [1]
       wandb.util.is_pandas_data_frame(np.zeros(2)))
 """
     out = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True,
-                         timeout=300, env={**__import__("os").environ, "WANDB_SILENT": "true"})
+                         timeout=300, env={**os.environ, "WANDB_SILENT": "true"})
     assert out.returncode == 0, out.stderr[-2000:]
     assert "pandas imported: False" in out.stdout
     assert "a DataFrame: True False" in out.stdout
