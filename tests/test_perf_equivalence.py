@@ -41,6 +41,11 @@ NATIVE = {"conv": lambda x, w, s: jax.lax.conv_general_dilated(x, w, (s, s), "SA
           "transpose": lambda x, w, s: jax.lax.conv_transpose(x, w, (s, s), "SAME", dimension_numbers=DN)}
 FAST = {"conv": lambda x, w, s: conv.conv_im2col(x, w, None, s),
         "transpose": lambda x, w, s: conv.conv_transpose_phases(x, w, None, s)}
+# 2x nearest upsampling then a stride-1 conv (LeNet's decoder), computed as a transposed conv's phases
+NATIVE["upsampled"] = lambda x, w, s: NATIVE["conv"](conv.upsample2(x), w, 1)
+FAST["upsampled"] = lambda x, w, s: conv.upsampled_conv_phases(x, w, None)
+# stride 1 (LeNet's convs): widening (im2col), narrowing (shift-add), an even kernel
+STRIDE_ONE = [(28, 5, 1, 1, 16), (14, 5, 1, 16, 32), (7, 4, 1, 8, 8), (7, 5, 1, 16, 1)]
 
 
 @pytest.mark.slow
@@ -50,6 +55,39 @@ def test_cpu_convs_equal_native_values_and_gradients(kind, h, k, s, c_in, c_out)
     x = jax.random.normal(jax.random.key(h), (2, h, h + 1, c_in))
     w = jax.random.normal(jax.random.key(k), (k, k, c_in, c_out)) / k
     assert_equal_to_native(kind, x, w, s)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["conv", "upsampled"])
+@pytest.mark.parametrize("h,k,s,c_in,c_out", STRIDE_ONE)
+def test_stride_one_and_upsampling_convs_equal_native_values_and_gradients(kind, h, k, s, c_in, c_out):
+    x = jax.random.normal(jax.random.key(h), (2, h, h + 1, c_in))
+    w = jax.random.normal(jax.random.key(k), (k, k, c_in, c_out)) / (k * np.sqrt(c_in))  # outputs ~ 1
+    assert_equal_to_native(kind, x, w, s)
+
+
+@pytest.mark.parametrize("h,k,s,c_in,c_out", SHAPES + STRIDE_ONE)
+def test_a_first_layer_computes_its_kernel_gradient_alone(h, k, s, c_in, c_out):
+    """Where nothing asks for the input's gradient (the image into the first layer) the conv computes
+    the kernel's alone, from the input's patches where those are narrower than dy's: for a widening
+    stride-1 conv no array of dy's k*k*C_out columns per pixel is built (LeNet's 1 -> 16 first layer
+    spent most of its training step on one)."""
+    x = jax.random.normal(jax.random.key(h), (2, h, h + 1, c_in))
+    w = jax.random.normal(jax.random.key(k), (k, k, c_in, c_out)) / k
+    grads = [jax.jit(jax.grad(lambda w, f=f: jnp.sum(jnp.sin(f(x, w, s)))))(w) for f in (FAST["conv"],
+                                                                                          NATIVE["conv"])]
+    np.testing.assert_allclose(grads[0], grads[1], rtol=1e-4, atol=1e-4)
+    if s == 1 and c_in < c_out:
+        dy_patches = 2 * h * (h + 1) * k * k * c_out
+        jaxpr = jax.make_jaxpr(jax.grad(lambda w: jnp.sum(FAST["conv"](x, w, s))))(w)
+        assert max(np.prod(v.aval.shape) for e in _eqns(jaxpr.jaxpr) for v in e.outvars) < dy_patches
+
+
+def _eqns(jaxpr):
+    for e in jaxpr.eqns:
+        yield e
+        for sub in jaxprs_in_params(e.params):
+            yield from _eqns(sub)
 
 
 def assert_equal_to_native(kind, x, w, s):
@@ -69,18 +107,12 @@ def test_shift_add_gradient_builds_the_columns_once():
     jaxpr = jax.make_jaxpr(jax.grad(lambda x, w: jnp.sum(conv.conv_im2col(x, w, None, 1)), (0, 1)))(x, w)
     cols = 2 * 12 * 12 * 25  # batch, padded height and width, taps (one output channel)
 
-    def eqns(j):
-        for e in j.eqns:
-            yield e
-            for sub in jaxprs_in_params(e.params):
-                yield from eqns(sub)
-
-    sizes = [np.prod(e.outvars[0].aval.shape) for e in eqns(jaxpr.jaxpr)]
+    sizes = [np.prod(e.outvars[0].aval.shape) for e in _eqns(jaxpr.jaxpr)]
     assert sum(size >= cols for size in sizes) < 5
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("kind", ["conv", "transpose"])
+@pytest.mark.parametrize("kind", ["conv", "transpose", "upsampled"])
 def test_cpu_convs_of_a_large_batch_run_by_chunks_with_the_same_values(kind):
     x = jax.random.normal(jax.random.key(0), (2 * conv.CHUNK, 6, 6, 3))
     w = jax.random.normal(jax.random.key(1), (3, 3, 3, 4)) / 3
@@ -92,7 +124,7 @@ def test_cpu_convs_differentiate_in_forward_mode_inside_forward_mode():
     jacfwd the same values through the plain formulation."""
     x = jax.random.normal(jax.random.key(0), (1, 5, 5, 2))
     w = jax.random.normal(jax.random.key(1), (3, 3, 2, 3)) / 3
-    for kind in ("conv", "transpose"):
+    for kind in ("conv", "transpose", "upsampled"):
         with conv.forward_mode():
             fast = jax.jacfwd(lambda x, f=FAST[kind]: f(x, w, 2))(x)
         native = jax.jacfwd(lambda x, f=NATIVE[kind]: f(x, w, 2))(x)

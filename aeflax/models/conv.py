@@ -8,9 +8,11 @@ computed is chosen by `impl`:
   (and above all their gradients) are several times slower than a matmul of the same
   FLOPs. A conv gathers its k*k shifted, strided views of the padded input into one
   patch matrix and does one matmul; a transposed conv is computed per output phase (no
-  zeros inserted or multiplied). Their gradients are written out too (custom VJPs): each
-  is one patch matrix and one or two matmuls, where JAX's autodiff of the patch gather
-  added the k*k gradient views back one by one, each a pass over the whole input;
+  zeros inserted or multiplied), and so is a 2x nearest upsampling followed by a conv
+  (LeNet's decoder: one transposed conv with the taps summed). Their gradients are written
+  out too (custom VJPs): each is one patch matrix and one or two matmuls, where JAX's
+  autodiff of the patch gather added the k*k gradient views back one by one, each a pass
+  over the whole input; a conv whose input takes no gradient (the image) skips that one;
 - "auto" (default): "im2col" on CPU, "native" elsewhere.
 
 Both give the numbers of the native convolution (float tolerance; see
@@ -29,6 +31,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+from jax.custom_derivatives import SymbolicZero
 
 from aeflax.models.layers import INITIALIZERS, activation, dense
 
@@ -144,61 +147,100 @@ def _grads_from_dy_patches(x, kernel, dy, s: int, lead):
     return dx, dk
 
 
+def _conv_values(x, kernel, s: int, pads, out_hw):
+    """(y, im2col patches or None): im2col (k*k*C_in values per output pixel) or shift-add (k*k*C_out
+    per input pixel), whichever intermediate is smaller."""
+    k, _, c_in, c_out = kernel.shape
+    if out_hw[0] * out_hw[1] * c_in <= x.shape[1] * x.shape[2] * c_out:
+        patches = _patches(_pad_for_windows(x, k, s, pads, out_hw), k, s, out_hw)
+        return patches @ kernel.reshape(k * k * c_in, c_out), patches
+    return _shift_add(x, kernel, s, pads, out_hw), None
+
+
+def _strided_values(x, kernel, s: int):
+    """(y, im2col patches or None) of `nnx.Conv(padding='SAME', strides=s)`."""
+    k = kernel.shape[0]
+    h, w = x.shape[1:3]
+    return _conv_values(x, kernel, s, (_same_pads(h, k, s)[0], _same_pads(w, k, s)[0]),
+                        (math.ceil(h / s), math.ceil(w / s)))
+
+
 @partial(jax.custom_vjp, nondiff_argnums=(2,))
 def _matmul_conv(x, kernel, s: int):
-    return _matmul_conv_fwd(x, kernel, s)[0]
+    return _strided_values(x, kernel, s)[0]
 
 
 def _matmul_conv_fwd(x, kernel, s):
-    """im2col (k*k*C_in values per output pixel) or shift-add (k*k*C_out per input pixel), the
-    smaller intermediate; a strided conv keeps its im2col patches for the kernel gradient."""
-    k, _, c_in, c_out = kernel.shape
-    n, h, w, _ = x.shape
-    pads = (_same_pads(h, k, s)[0], _same_pads(w, k, s)[0])
-    out_hw = (math.ceil(h / s), math.ceil(w / s))
-    if out_hw[0] * out_hw[1] * c_in <= h * w * c_out:
-        patches = _patches(_pad_for_windows(x, k, s, pads, out_hw), k, s, out_hw)
-        return patches @ kernel.reshape(k * k * c_in, c_out), (x, kernel, patches if s > 1 else None)
-    return _shift_add(x, kernel, s, pads, out_hw), (x, kernel, None)
+    """The values, and what the gradients need. `x.perturbed` is False where nothing asks for the
+    input gradient (a first layer's input, the image): then only the kernel gradient is computed,
+    from x's patches when they are narrower than dy's (C_in < C_out: LeNet's 1 -> 16 first layer
+    spent most of its step building dy's 16 times wider ones for both gradients)."""
+    input_grad = x.perturbed
+    x, kernel = x.value, kernel.value
+    y, patches = _strided_values(x, kernel, s)
+    c_in, c_out = kernel.shape[2:]
+    keep = s > 1 or (not input_grad and c_in < c_out)  # a strided conv keeps them for its kernel gradient
+    return y, (x, kernel, patches if keep else None, input_grad)
 
 
 def _matmul_conv_bwd(s, res, dy):
-    x, kernel, patches = res
+    """A stride-1 conv: both gradients from one patch matrix of dy (k*k*C_out columns), unless only
+    the kernel's is asked for and x's patches are narrower. A strided conv: the kernel gradient from
+    x's patches, the input gradient by phases."""
+    x, kernel, patches, input_grad = res
+    if isinstance(dy, SymbolicZero):  # the output took no part in the loss
+        return (jnp.zeros_like(x) if input_grad else None), jnp.zeros_like(kernel)
     k, _, c_in, c_out = kernel.shape
     n, h, w, _ = x.shape
     pads = (_same_pads(h, k, s)[0], _same_pads(w, k, s)[0])
     lead = (k - 1 - pads[0], k - 1 - pads[1])
-    if s == 1:
-        return _grads_from_dy_patches(x, kernel, dy, 1, lead)
+    if s == 1 and patches is None:
+        dx, dk = _grads_from_dy_patches(x, kernel, dy, 1, lead)
+        return (dx if input_grad else None), dk
     if patches is None:  # a strided shift-add conv: the patches for its kernel gradient
         patches = _patches(_pad_for_windows(x, k, s, pads, dy.shape[1:3]), k, s, dy.shape[1:3])
     dk = (patches.reshape(-1, k * k * c_in).T @ dy.reshape(-1, c_out)).reshape(kernel.shape)
-    return _dilated_conv(dy, _flip(kernel), s, lead, (h, w)), dk
+    return (_dilated_conv(dy, _flip(kernel), s, lead, (h, w)) if input_grad else None), dk
 
 
-_matmul_conv.defvjp(_matmul_conv_fwd, _matmul_conv_bwd)
+_matmul_conv.defvjp(_matmul_conv_fwd, _matmul_conv_bwd, symbolic_zeros=True)
+
+
+def _dilated_values(x, kernel, s: int, lead: int):
+    """The s-times larger output of _dilated_conv with `lead` zeros before the dilated input."""
+    return _dilated_conv(x, kernel, s, (lead, lead), (x.shape[1] * s, x.shape[2] * s))
+
+
+_matmul_dilated = partial(jax.custom_vjp, nondiff_argnums=(2, 3))(_dilated_values)
+
+
+def _matmul_dilated_fwd(x, kernel, s, lead):
+    return _matmul_dilated(x, kernel, s, lead), (x, kernel)
+
+
+def _matmul_dilated_bwd(s, lead, res, dy):
+    x, kernel = res
+    k = kernel.shape[0]
+    return _grads_from_dy_patches(x, kernel, dy, s, (k - 1 - lead, k - 1 - lead))
+
+
+_matmul_dilated.defvjp(_matmul_dilated_fwd, _matmul_dilated_bwd)
 
 
 def _conv_transpose_values(x, kernel, s: int):
-    p = _transpose_pad(kernel.shape[0], s)
-    return _dilated_conv(x, kernel, s, (p, p), (x.shape[1] * s, x.shape[2] * s))
+    return _dilated_values(x, kernel, s, _transpose_pad(kernel.shape[0], s))
 
 
-_matmul_conv_transpose = partial(jax.custom_vjp, nondiff_argnums=(2,))(_conv_transpose_values)
+def _matmul_conv_transpose(x, kernel, s: int):
+    return _matmul_dilated(x, kernel, s, _transpose_pad(kernel.shape[0], s))
 
 
-def _matmul_conv_transpose_fwd(x, kernel, s):
-    return _matmul_conv_transpose(x, kernel, s), (x, kernel)
-
-
-def _matmul_conv_transpose_bwd(s, res, dy):
-    x, kernel = res
-    k = kernel.shape[0]
-    lead = k - 1 - _transpose_pad(k, s)
-    return _grads_from_dy_patches(x, kernel, dy, s, (lead, lead))
-
-
-_matmul_conv_transpose.defvjp(_matmul_conv_transpose_fwd, _matmul_conv_transpose_bwd)
+def _upsampling_kernel(kernel):
+    """The (k+1) x (k+1) kernel of a stride-2 transposed conv equal to 2x nearest upsampling then a
+    stride-1 conv with `kernel`: upsampling repeats each input pixel in a 2x2 block, so each output
+    pixel reads an input pixel through the sum of the 2x2 taps that fall on its block."""
+    padded = jnp.pad(kernel, ((1, 1), (1, 1), (0, 0), (0, 0)))
+    return padded[1:, 1:] + padded[:-1, 1:] + padded[1:, :-1] + padded[:-1, :-1]
 
 
 @jax.custom_vjp
@@ -234,6 +276,11 @@ def forward_mode():
         _FORWARD_MODE.reset(token)
 
 
+def in_forward_mode() -> bool:
+    """Inside forward_mode(): layers with a custom VJP compute their plain formulation."""
+    return _FORWARD_MODE.get()
+
+
 CHUNK = 32  # images per slice of a larger batch (_by_chunks)
 
 
@@ -263,7 +310,7 @@ def conv_im2col(x, kernel, bias, stride: int):
     (patches^T dy), the input gradient is the transposed conv of dy, by phases (_dilated_conv).
     """
     if _FORWARD_MODE.get():
-        return _with_bias(_matmul_conv_fwd(x, kernel, stride)[0], bias)
+        return _with_bias(_strided_values(x, kernel, stride)[0], bias)
     return _with_bias(_by_chunks(_matmul_conv, x, kernel, stride), bias)
 
 
@@ -276,6 +323,24 @@ def conv_transpose_phases(x, kernel, bias, stride: int):
     return _with_bias(_by_chunks(_matmul_conv_transpose, x, kernel, stride), bias)
 
 
+def upsampled_conv_phases(x, kernel, bias):
+    """`nnx.Conv(padding='SAME', stride 1)` of x upsampled 2x by nearest neighbours, as the phases of a
+    stride-2 transposed conv (_upsampling_kernel): per input pixel (k+1)^2 taps to 2x2 outputs, where
+    the conv of the upsampled map multiplies k^2 taps at each of the 4 outputs (36 against 100 for
+    k = 5), and no upsampled map is built or differentiated."""
+    k = kernel.shape[0]
+    merged = _upsampling_kernel(kernel)
+    lead = (k - 1) // 2 + 1  # the conv's 'SAME' lead on the upsampled map, one more for the box's tap
+    if _FORWARD_MODE.get():
+        return _with_bias(_dilated_values(x, merged, 2, lead), bias)
+    return _with_bias(_by_chunks(lambda xc, kc, s: _matmul_dilated(xc, kc, s, lead), x, merged, 2), bias)
+
+
+def upsample2(x):
+    """Nearest-neighbour 2x upsampling (F.interpolate(scale_factor=2))."""
+    return jnp.repeat(jnp.repeat(x, 2, axis=1), 2, axis=2)
+
+
 def _stride(layer) -> int:
     return layer.strides if isinstance(layer.strides, int) else layer.strides[0]
 
@@ -285,6 +350,14 @@ def apply_conv(layer: nnx.Conv, x, impl: str):
         return layer(x)
     bias = layer.bias[...] if layer.bias is not None else None
     return conv_im2col(x, layer.kernel[...], bias, _stride(layer))
+
+
+def apply_upsampled_conv(layer: nnx.Conv, x, impl: str):
+    """`layer` (a stride-1 'SAME' conv) applied to x upsampled 2x by nearest neighbours."""
+    if resolve_impl(impl) == "native":
+        return layer(upsample2(x))
+    bias = layer.bias[...] if layer.bias is not None else None
+    return upsampled_conv_phases(x, layer.kernel[...], bias)
 
 
 def apply_conv_transpose(layer: nnx.ConvTranspose, x, impl: str):
