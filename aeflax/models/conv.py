@@ -285,14 +285,18 @@ CHUNK = 32  # images per slice of a larger batch (_by_chunks)
 
 
 def _by_chunks(op, x, kernel, stride: int):
-    """op(x, kernel, stride) on CHUNK images at a time (lax.map), when the batch divides: a batch
-    of 256 builds patch matrices of tens of MB, past the CPU's caches, and its epoch took longer
-    than at batch 32; the kernel gradient sums the chunks' (another order of the same sum)."""
+    """op(x, kernel, stride) on CHUNK images at a time (lax.map), the images past the last whole
+    chunk in one more call: a batch of 256 (or an evaluation batch of 1000) builds patch matrices
+    of tens of MB, past the CPU's caches, and its epoch took longer than at batch 32. Each image's
+    values are a matmul's rows, so they do not depend on the chunks but through the matmul kernel's
+    rounding; the kernel gradient sums the chunks' (another order of the same sum)."""
     n = x.shape[0]
-    if n <= CHUNK or n % CHUNK:
+    if n <= CHUNK:
         return op(x, kernel, stride)
-    y = jax.lax.map(lambda xc: op(xc, kernel, stride), x.reshape(n // CHUNK, CHUNK, *x.shape[1:]))
-    return y.reshape(n, *y.shape[2:])
+    whole = n - n % CHUNK
+    y = jax.lax.map(lambda xc: op(xc, kernel, stride), x[:whole].reshape(whole // CHUNK, CHUNK, *x.shape[1:]))
+    y = y.reshape(whole, *y.shape[2:])
+    return y if whole == n else jnp.concatenate([y, op(x[whole:], kernel, stride)])
 
 
 def _with_bias(y, bias):
