@@ -219,8 +219,10 @@ def study_block(study: Study) -> str:
                 mean, std, n = cell
                 cells.append(f"{fmt(mean)} ± {fmt(std, 2)} ({n})" if n > 1 else f"{fmt(mean)} (1)")
         lines.append("| " + " | ".join(cells) + " |")
-    if study.over_all:
-        lines.append("| " + " | ".join([f"**all {len(keys)}**", *[""] * (len(study.rows) - 1),
+    if study.over_all:  # while a sweep runs, say over how many of its planned rows
+        done = sum(1 for k, m, *_, n, _ in rows if m == study.metric and n > 0)
+        label = f"**all {len(keys)}**" if done == len(keys) else f"**all runs: {done} of {len(keys)} rows**"
+        lines.append("| " + " | ".join([label, *[""] * (len(study.rows) - 1),
                                         *(over_all(study, m) for m in metrics)]) + " |")
     lines += ["", f"mean ± std (n runs) over seeds; {n_runs} finished runs; per run on average "
               f"{timing['time/epoch_seconds']:.1f} s per epoch and {timing['wall_seconds']:.0f} s wall "

@@ -33,6 +33,20 @@ def test_the_over_all_row_is_the_mean_and_std_of_every_run():
     assert "**all" not in report.study_block(_study())
 
 
+def test_the_over_all_row_of_a_sweep_in_progress_says_how_many_rows_it_covers(tmp_path, monkeypatch):
+    for c, status in ((0, "finished"), (1, "running")):
+        d = tmp_path / "results" / "sweep" / f"data.normal_class={c},seed=0"
+        d.mkdir(parents=True)
+        (d / "summary.json").write_text(json.dumps({"status": status, "anomaly/auroc": 0.9}))
+        (d / ".hydra").mkdir()
+        (d / ".hydra" / "config.yaml").write_text(f"data:\n  normal_class: {c}\nseed: 0\n")
+    monkeypatch.setattr(report, "ROOT", tmp_path)
+    study = report.Study("x", "t", "sweep", "anomaly/auroc", "p", None, "cmd", rows=["data.normal_class"],
+                         over_all=True)
+    block = report.study_block(study)
+    assert "| **all runs: 1 of 2 rows** | 0.9 (1) |" in block, block
+
+
 def test_a_study_sharing_a_readme_writes_only_its_own_block(tmp_path):
     first, second = _study(), _study(readme="one_class_anomaly")
     second.key = "other"
