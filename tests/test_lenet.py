@@ -59,9 +59,9 @@ def test_batchnorm_is_torchs_formula():
 
 
 def test_batchnorm_gradient_and_sums_equal_the_plain_formulas():
-    """lenet.normalize (a custom VJP whose sums go through one matmul) against autodiff of the plain
-    formula, and its means as accurate as jnp.mean on a training step's largest map (float64 truth);
-    its forward mode (conv.forward_mode) differentiates through the batch statistics."""
+    """lenet.normalize (a custom VJP whose sums over the batch are matmuls with ones) against autodiff
+    of the plain formula, and its means as accurate as jnp.mean on a training step's largest map
+    (float64 truth); its forward mode (conv.forward_mode) differentiates through the batch statistics."""
     from aeflax.models import conv
 
     def plain(x):

@@ -179,7 +179,7 @@ def _matmul_conv_fwd(x, kernel, s):
     x, kernel = x.value, kernel.value
     y, patches = _strided_values(x, kernel, s)
     c_in, c_out = kernel.shape[2:]
-    keep = s > 1 or (not input_grad and c_in < c_out)  # a strided conv keeps them for its kernel gradient
+    keep = s > 1 or (not input_grad and c_in < c_out)  # the patches the kernel gradient reads
     return y, (x, kernel, patches if keep else None, input_grad)
 
 
