@@ -17,6 +17,7 @@ import hashlib
 import json
 import logging
 import os
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Optional
@@ -174,6 +175,13 @@ class Writer:
     def save_final(self, state: TrainState) -> None:
         """`save_final` after the saves queued before it (the run evaluates meanwhile)."""
         self._last = self._pool.submit(lambda: save_final(self._mgr.result(), state))
+        if self._inline:
+            self._last.result()
+
+    def then(self, fn: Callable[[], None]) -> None:
+        """Call `fn` on the saving thread once the saves queued before it are on disk (not if one failed)."""
+        before = self._last
+        self._last = self._pool.submit(lambda: (before.result(), fn()))
         if self._inline:
             self._last.result()
 

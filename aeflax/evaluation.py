@@ -36,7 +36,8 @@ from flax import nnx
 from threadpoolctl import threadpool_limits
 from tqdm.auto import tqdm
 
-from aeflax import objectives, parts, programs, training
+from aeflax import kept, objectives, parts, programs, training
+from aeflax.kept import KeptBatches
 from aeflax.tracking import RunRecord
 
 # fold_in constants of evaluation's own random streams (beside training's)
@@ -180,24 +181,30 @@ def shared_model_fn(name: str, cfg, model, build: Callable[[], Callable], *stati
 
 
 def map_batches(f: Callable, arrays: tuple, batch_size: int, desc: Optional[str] = None,
-                long: bool = False) -> dict:
+                long: bool = False, keep: Optional[KeptBatches] = None) -> dict:
     """Apply `f(*batch) -> dict of [B, ...]` batch by batch and concatenate on the host.
 
     The tail batch is padded to the full size (one compiled shape) and cut afterwards.
     Shows a progress bar when stderr is a terminal, and always for `long` passes (into logs).
+    With `keep`, batches an earlier attempt finished are read back, not computed, and the
+    finished ones are written as it goes (aeflax.kept: a stop signal raises kept.Stopped).
     """
     n = len(arrays[0])
     bs = min(batch_size, n)
-    outs = []
-    bar = tqdm(range(0, n, bs), desc=desc, disable=False if long else None, leave=long, unit="batch",
-               mininterval=10 if long else 0.1)
+    done, earlier = keep.load() if keep is not None else (0, {})
+    outs = [earlier] if done else []
+    concat = lambda: {k: np.concatenate([o[k] for o in outs]) for k in outs[0]}  # noqa: E731
+    bar = tqdm(range(done, n, bs), desc=desc, disable=False if long else None, leave=long, unit="batch",
+               mininterval=10 if long else 0.1, initial=done // bs, total=math.ceil(n / bs))
     for start in bar:
         batch = [np.asarray(a[start:start + bs]) for a in arrays]
         m = len(batch[0])
         if m < bs:
             batch = [np.concatenate([b, np.repeat(b[-1:], bs - m, axis=0)]) for b in batch]
         outs.append({k: np.asarray(v)[:m] for k, v in f(*batch).items()})
-    return {k: np.concatenate([o[k] for o in outs]) for k in outs[0]}
+        if keep is not None:
+            keep.after_batch(concat, start + m, n, desc or "a kept pass")
+    return concat()
 
 
 def eval_key(state):
@@ -265,8 +272,12 @@ def decoder(model) -> Callable:
     return lambda z: np.asarray(f(z))
 
 
-def likelihood_nll(cfg, model, state, images) -> np.ndarray:
-    """Importance-sampled NLL per test image (nats), k = eval.importance_samples."""
+def likelihood_nll(cfg, model, state, images, run_dir: Optional[Path] = None,
+                   stop: Optional[Callable[[], bool]] = None) -> np.ndarray:
+    """Importance-sampled NLL per test image (nats), k = eval.importance_samples.
+
+    A long pass with a `run_dir` keeps its finished batches there (aeflax.kept): `stop()` is
+    asked between batches, and the same call after a stop or a crash continues the pass."""
     ev = cfg.eval
     bs = min(cfg.train.eval_batch_size, 500, len(images))
 
@@ -283,8 +294,14 @@ def likelihood_nll(cfg, model, state, images) -> np.ndarray:
     f = shared_model_fn("likelihood_nll", cfg, model, build, bs)
     run = (state.key, noise_levels(cfg))
     long = len(images) * ev.importance_samples > 10**6
+    keep = None
+    if long and run_dir is not None:
+        fingerprint = {"epoch": int(state.epoch), "step": int(state.step), "images": len(images),
+                       "batch_size": bs, "importance_samples": ev.importance_samples,
+                       "importance_chunk": ev.importance_chunk}
+        keep = KeptBatches(run_dir, "likelihood_nll", fingerprint, stop)
     return map_batches(lambda xb, idx: f(*run, xb, idx), (images, np.arange(len(images))), bs,
-                       f"NLL k={ev.importance_samples}", long=long)["nll"]
+                       f"NLL k={ev.importance_samples}", long=long, keep=keep)["nll"]
 
 
 def denoiser(cfg, model, state) -> Callable:
@@ -322,8 +339,10 @@ class Context:
     when a part first reads them. `draw` draws a picture on a thread of its own (matplotlib
     there too), beside the parts that compute; `evaluate_run` waits for the pictures."""
 
-    def __init__(self, cfg, model, state, dataset, figdir: Optional[Path]):
+    def __init__(self, cfg, model, state, dataset, figdir: Optional[Path], run_dir: Optional[Path] = None,
+                 stop: Optional[Callable[[], bool]] = None):
         self.cfg, self.model, self.state, self.dataset, self.figdir = cfg, model, state, dataset, figdir
+        self.run_dir, self.stop = run_dir, stop  # where long passes keep their batches; asked between them
         self._drawing: Optional[ThreadPoolExecutor] = None
 
     @functools.cached_property
@@ -354,17 +373,21 @@ def draw(kind: str, *args) -> Path:
     return getattr(figures, kind)(*args)
 
 
-def evaluate_run(cfg, result, dataset, workdir: Path, tracker, also_log: Optional[dict] = None) -> dict:
+def evaluate_run(cfg, result, dataset, workdir: Path, tracker, also_log: Optional[dict] = None,
+                 stop: Optional[Callable[[], bool]] = None) -> dict:
     """Run every end-of-run evaluation part `cfg.eval` asks for; log the metrics and figures
     (metrics.jsonl, W&B) and return the metrics.
 
     `result` has `.model` and `.state` (a training.FitResult). Metrics use slash names;
     figures go to workdir/figures and to W&B under figures/<name>; `also_log` joins the
-    logged point. A part that does not apply to the run is skipped with a note.
+    logged point. A part that does not apply to the run is skipped with a note. Long passes
+    keep their finished batches in workdir until the metrics are logged; `stop()`, asked
+    between their batches, ends them with aeflax.kept.Stopped (the same call continues them).
     """
     started = time.perf_counter()
     workdir = Path(workdir)
-    ctx = Context(cfg, result.model, result.state, dataset, workdir / "figures" if cfg.eval.figures else None)
+    ctx = Context(cfg, result.model, result.state, dataset, workdir / "figures" if cfg.eval.figures else None,
+                  workdir, stop)
     metrics: dict = {}
     paths: dict = {}
     try:
@@ -383,6 +406,7 @@ def evaluate_run(cfg, result, dataset, workdir: Path, tracker, also_log: Optiona
     scalars = {**(also_log or {}), **{k: v for k, v in metrics.items() if not isinstance(v, list)}}
     epoch, step = int(result.state.epoch), int(result.state.step)
     RunRecord(workdir).log({**scalars, "epoch": epoch, "step": step})
+    kept.remove(workdir)
     if tracker:
         tracker.log(scalars, step=epoch)
         for name, path in paths.items():

@@ -43,6 +43,7 @@ logging.getLogger("absl").setLevel(logging.WARNING)  # orbax logs every save at 
 log = logging.getLogger(__name__)
 
 SETTINGS = "settings.json"  # config.settings: the options that decide the numbers of the run here
+TRAINED = "trained.json"  # between the end of training and the end of the evaluation: its epochs
 
 
 _RUNS_IN_PROCESS = 0
@@ -69,11 +70,12 @@ def process_start_time() -> float:
 
 
 class Interrupted(RuntimeError):
-    """A stop signal ended the run after a saved epoch; the same command resumes it."""
+    """A stop signal ended the run after a saved epoch, or between two kept batches of its
+    evaluation (`evaluation` says where); the same command resumes it."""
 
-    def __init__(self, signame: str, epoch: int, workdir: Path):
-        super().__init__(f"{signame} stopped the run in {workdir} after epoch {epoch} (saved); the same "
-                         "command resumes it")
+    def __init__(self, signame: str, epoch: int, workdir: Path, evaluation: Optional[str] = None):
+        where = f"in its evaluation ({evaluation})" if evaluation else f"after epoch {epoch} (saved)"
+        super().__init__(f"{signame} stopped the run in {workdir} {where}; the same command resumes it")
         self.exit_code = 128 + getattr(signal, signame, signal.SIGTERM)  # the shell's code for the signal
 
 
@@ -272,7 +274,7 @@ def _train(cfg, dataset, workdir: Path, record: Optional[RunRecord], tracker: Op
     import jax.numpy as jnp
     import numpy as np
 
-    from aeflax import checkpoint, evaluation, training
+    from aeflax import checkpoint, evaluation, kept, training
 
     primary = record is not None
     mgr = checkpoint.existing_manager(workdir)  # None: Orbax loads beside the training
@@ -287,13 +289,15 @@ def _train(cfg, dataset, workdir: Path, record: Optional[RunRecord], tracker: Op
         state = checkpoint.restore(mgr, state, last)
         summary["resumed_from_epoch"] = last
         log.info("resuming %s from the checkpoint of epoch %d", workdir, last)
+    trained_through = _trained_through(workdir, last)  # the training ended: only the evaluation is left
+    until = trained_through or last
     if primary:
-        record.truncate_after(last or 0)  # points logged after the checkpoint are logged again
+        record.truncate_after(until or 0)  # points logged after the checkpoint are logged again
         tracker.continue_from(read_metrics(workdir))  # offline: one W&B folder per run, resumed or not
         write_json_atomic(workdir / SETTINGS, settings(cfg))  # from now on the directory holds this run
     # fit's points before the checkpoint (every process reads them: early stopping continues from them)
-    earlier = [p for p in read_metrics(workdir) if "epoch_seconds" in p and p["epoch"] <= last] \
-        if last else []
+    earlier = [p for p in read_metrics(workdir) if "epoch_seconds" in p and p["epoch"] <= until] \
+        if until else []
     patience = cfg.train.early_stopping_patience
     best_mgr = checkpoint.manager(workdir, 1, checkpoint.BEST_DIRNAME) if patience else None
     stopper = training.EarlyStopping.of(cfg, f"{dataset.eval_split[0]}/loss", last or 0)
@@ -301,7 +305,7 @@ def _train(cfg, dataset, workdir: Path, record: Optional[RunRecord], tracker: Op
     def state_of(epoch):  # a copy: fit donates the state it starts from
         return jax.tree.map(jnp.copy, state) if epoch == last else checkpoint.restore(best_mgr, state, epoch)
 
-    if last and patience:
+    if last and patience and trained_through is None:
         stopper.resume(earlier, state_of)
     summary["time/startup_seconds"] = time.time() - started
 
@@ -342,16 +346,25 @@ def _train(cfg, dataset, workdir: Path, record: Optional[RunRecord], tracker: Op
     if primary and cfg.eval.figures:  # matplotlib (about 0.9 s) loads beside the training, not after it
         figures_ready.start()
     try:
-        trained_at = time.time()
-        result = training.fit(cfg, dataset, state=state, graphdef=graphdef, on_epoch=on_epoch,
-                              progress=progress, trained=trained, stop=signals.agreed, stopper=stopper)
-        summary["time/train_seconds"] = time.time() - trained_at  # the epochs, their records and saves
-        if signals.stopped:
-            if done["state"] is not None and done["epoch"] not in saved().all_steps():
-                save(done["epoch"], done["state"])
-                saved()
-            raise Interrupted(signals.name, done["epoch"], workdir)
-        writer.save_final(result.state)  # the kept state (the best epoch's after early stopping)
+        if trained_through is None:
+            trained_at = time.time()
+            result = training.fit(cfg, dataset, state=state, graphdef=graphdef, on_epoch=on_epoch,
+                                  progress=progress, trained=trained, stop=signals.agreed, stopper=stopper)
+            summary["time/train_seconds"] = time.time() - trained_at  # the epochs, their records and saves
+            if signals.stopped:
+                if done["state"] is not None and done["epoch"] not in saved().all_steps():
+                    save(done["epoch"], done["state"])
+                    saved()
+                raise Interrupted(signals.name, done["epoch"], workdir)
+            writer.save_final(result.state)  # the kept state (the best epoch's after early stopping)
+            if primary:  # once the kept state is on disk: a resume from here only evaluates
+                marker = {"epochs": max((h["epoch"] for h in result.history), default=last or 0),
+                          "kept_epoch": int(result.state.epoch)}
+                writer.then(lambda: write_json_atomic(workdir / TRAINED, marker))
+        else:
+            log.info("%s: its training ended after epoch %d (the kept state: epoch %d); evaluating it",
+                     workdir, trained_through, last)
+            result = training.FitResult(graphdef, state, [])
         if not primary:
             saved()
             return {"status": "finished", "process": jax.process_index()}
@@ -362,10 +375,16 @@ def _train(cfg, dataset, workdir: Path, record: Optional[RunRecord], tracker: Op
             final.update(evaluation.test_metrics(cfg, result.graphdef, result.state, dataset.test))
         if figures_ready.is_alive():
             figures_ready.join()  # pyplot draws on one thread at a time
-        final.update(evaluation.evaluate_run(cfg, result, dataset, workdir, tracker))
+        try:
+            final.update(evaluation.evaluate_run(cfg, result, dataset, workdir, tracker,
+                                                 stop=lambda: signals.signum is not None))
+        except kept.Stopped as err:
+            saved()
+            raise Interrupted(signals.name, int(result.state.epoch), workdir, str(err)) from None
         saved()  # the checkpoints are on disk before the run says it finished
         if best_writer is not None:
             checkpoint.remove(workdir, checkpoint.BEST_DIRNAME)  # the last checkpoint is the kept state now
+        (workdir / TRAINED).unlink(missing_ok=True)
     finally:
         writer.close()
         if best_writer is not None:
@@ -431,13 +450,34 @@ def check_writable(workdir: Path) -> None:
 
 def clear(workdir: Path) -> None:
     """fresh=true: delete the checkpoints, the record and the figures of an earlier run."""
-    from aeflax import checkpoint
+    from aeflax import checkpoint, kept
 
     checkpoint.remove(workdir, checkpoint.DIRNAME)
     checkpoint.remove(workdir, checkpoint.BEST_DIRNAME)
     shutil.rmtree(workdir / "figures", ignore_errors=True)
-    for name in (SUMMARY, METRICS, SETTINGS):
+    kept.remove(workdir)
+    for name in (SUMMARY, METRICS, SETTINGS, TRAINED):
         (workdir / name).unlink(missing_ok=True)
+
+
+def _trained_through(workdir: Path, last: Optional[int]) -> Optional[int]:
+    """The last epoch of a training that ended in `workdir` before its evaluation finished (the
+    last checkpoint is its kept state), or None: the run trains on from its last checkpoint."""
+    path = workdir / TRAINED
+    if last is None or not path.exists():
+        return None
+    try:
+        marker = json.loads(path.read_text())
+        epochs, kept_epoch = int(marker["epochs"]), int(marker["kept_epoch"])
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        log.warning("%s is damaged (%s); training resumes from the checkpoint of epoch %d", path,
+                    type(err).__name__, last)
+        return None
+    if kept_epoch != last:
+        log.warning("%s kept epoch %d but the last checkpoint is of epoch %d; training resumes from it",
+                    path, kept_epoch, last)
+        return None
+    return epochs
 
 
 def read_previous_summary(workdir: Path) -> dict:
