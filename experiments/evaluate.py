@@ -5,7 +5,8 @@ metrics and the evaluations that `eval` asks for (the run's own eval config unle
 `eval=<name>` picks conf/eval/<name>.yaml; `eval.x=y` and other `key=value` overrides
 apply on top, e.g. `eval=likelihood eval.importance_samples=5000 data.test_limit=null`),
 and writes them into the run's record under the same names: summary.json (merged),
-one line of metrics.jsonl, figures/, and the run's W&B run (resumed by its id).
+one line of metrics.jsonl, figures/, and the run's W&B run (resumed by its id). A long pass
+(k = 5000) stopped by a signal keeps its finished batches: the same command continues it.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from aeflax import runtime
 from aeflax.config import Config, EvalConfig
 
 CONF = Path(__file__).resolve().parent.parent / "conf"
-USER_ERRORS = ("ConfigError", "DataError", "CheckpointError", "FileNotFoundError")
+USER_ERRORS = ("ConfigError", "DataError", "CheckpointError", "FileNotFoundError", "Interrupted")
 
 
 def eval_option(name: str) -> EvalConfig:
@@ -53,7 +54,8 @@ def config(run_dir: Path, overrides: list[str]) -> Config:
 def evaluate(run_dir: str | Path, overrides: Sequence[str] = ()) -> dict:
     """Evaluate the run in `run_dir`; return the metrics written into its record."""
     runtime.configure()  # before the first JAX computation
-    from aeflax import api, data, evaluation, training
+    from aeflax import api, data, evaluation, kept, training
+    from aeflax.run import Interrupted, StopSignals
     from aeflax.tracking import RunRecord, WandbRun, read_summary
 
     started = time.perf_counter()
@@ -66,7 +68,14 @@ def evaluate(run_dir: str | Path, overrides: Sequence[str] = ()) -> dict:
     tracker = WandbRun(cfg.logger, run_dir, OmegaConf.to_container(cfg, resolve=True), name=run_dir.name,
                        group=cfg.logger.group, run_id=summary.get("wandb_id"))
     result = training.FitResult(graphdef, state, history=[])
-    metrics.update(evaluation.evaluate_run(cfg, result, dataset, run_dir, tracker, also_log=metrics))
+    with StopSignals() as signals:
+        try:
+            metrics.update(evaluation.evaluate_run(cfg, result, dataset, run_dir, tracker, also_log=metrics,
+                                                   stop=lambda: signals.signum is not None))
+        except kept.Stopped as err:
+            if tracker:
+                tracker.finish(exit_code=1)
+            raise Interrupted(signals.name, int(state.epoch), run_dir, str(err)) from None
     metrics["time/evaluate_seconds"] = time.perf_counter() - started
     summary.update(metrics)
     RunRecord(run_dir).write_summary(summary)
@@ -90,7 +99,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
         if type(err).__name__ not in USER_ERRORS and not isinstance(err, OmegaConfBaseException):
             raise
         print(f"error: {str(err).strip().splitlines()[0]}", file=sys.stderr)
-        sys.exit(1)
+        sys.exit(getattr(err, "exit_code", 1))
     shown = {k: (round(v, 6) if isinstance(v, float) else v) for k, v in metrics.items()
              if not isinstance(v, list)}
     print(json.dumps(shown, indent=1, sort_keys=True))

@@ -140,3 +140,39 @@ def test_sigterm_during_a_long_likelihood_pass_stops_the_run_and_the_same_comman
     resumed = train_and_evaluate(make_cfg(*overrides), run_dir, progress=False)
     assert resumed["test/nll_k5001"] == reference["test/nll_k5001"]  # bit-identical on CPU
     assert not (run_dir / kept.DIRNAME).exists()
+
+
+@pytest.mark.slow
+def test_evaluate_py_stopped_in_a_long_pass_continues_it(tmp_path, monkeypatch, capsys):
+    import shutil
+
+    from omegaconf import OmegaConf
+
+    from aeflax.run import train_and_evaluate
+    from experiments import evaluate
+
+    cfg = make_cfg("bottleneck.kind=gaussian", "bottleneck.code_size=4", "loss.name=elbo",
+                   "model.hidden=[16]", "train.epochs=1", "data.train_limit=500", "data.test_limit=200",
+                   "eval.reconstruction=false")
+    train_and_evaluate(cfg, tmp_path / "run", progress=False)
+    (tmp_path / "run" / ".hydra").mkdir()  # as experiments/train.py leaves it
+    OmegaConf.save(cfg, tmp_path / "run" / ".hydra" / "config.yaml")
+    shutil.copytree(tmp_path / "run", tmp_path / "copy")
+    overrides = ["eval.likelihood=true", "eval.importance_samples=5001", "eval.importance_chunk=1667",
+                 "train.eval_batch_size=50", "logger.mode=disabled"]
+    through = evaluate.main([str(tmp_path / "copy"), *overrides])
+
+    load = KeptBatches.load
+
+    def load_then_sigterm(self):
+        os.kill(os.getpid(), signal.SIGTERM)
+        return load(self)
+
+    monkeypatch.setattr(KeptBatches, "load", load_then_sigterm)
+    with pytest.raises(SystemExit) as stopped:
+        evaluate.main([str(tmp_path / "run"), *overrides])
+    assert stopped.value.code == 128 + signal.SIGTERM
+    assert "in its evaluation (NLL k=5001: 50 of 200 images done and kept)" in capsys.readouterr().err
+    monkeypatch.undo()
+    resumed = evaluate.main([str(tmp_path / "run"), *overrides])
+    assert resumed["test/nll_k5001"] == through["test/nll_k5001"]
