@@ -28,6 +28,7 @@ from aeflax.config import Config, ConfigError, settings, validate
 from aeflax.tracking import (
     METRICS,
     SUMMARY,
+    TRAINED,
     BackgroundRun,
     RunLock,
     RunRecord,
@@ -43,7 +44,6 @@ logging.getLogger("absl").setLevel(logging.WARNING)  # orbax logs every save at 
 log = logging.getLogger(__name__)
 
 SETTINGS = "settings.json"  # config.settings: the options that decide the numbers of the run here
-TRAINED = "trained.json"  # between the end of training and the end of the evaluation: its epochs
 
 
 _RUNS_IN_PROCESS = 0

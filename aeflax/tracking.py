@@ -28,6 +28,7 @@ if TYPE_CHECKING:
 
 SUMMARY = "summary.json"
 METRICS = "metrics.jsonl"
+TRAINED = "trained.json"  # between the end of a run's training and the end of its evaluation (run.py)
 LOCK = ".lock"
 log = logging.getLogger(__name__)
 

@@ -20,6 +20,8 @@ from pathlib import Path
 from typing import Optional
 
 from aeflax import tables
+from aeflax.kept import DIRNAME as KEPT_DIR
+from aeflax.tracking import TRAINED
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -247,9 +249,25 @@ def in_progress(study: Study) -> dict[tuple, str]:
         epochs = [r for r in records if "val/loss" in r]
         best = min(epochs, key=lambda r: r["val/loss"]) if epochs else None
         progress[tuple(run[k] for k in study.rows)] = (
+            evaluating(run_dir, best, where) if (run_dir / TRAINED).exists() else
             f"in progress: epoch {epochs[-1]['epoch']}, best val/loss {best['val/loss']:.2f} at epoch "
             f"{best['epoch']} (`{where}`)" if best else f"started, no epoch yet (`{where}`)")
     return progress
+
+
+def evaluating(run_dir: Path, best: dict, where) -> str:
+    """A run whose training ended (its TRAINED file) and whose evaluation has not finished:
+    where its training stopped and how far its kept likelihood pass got (aeflax.kept)."""
+    import numpy as np
+
+    trained = json.loads((run_dir / TRAINED).read_text())
+    text = (f"trained: stopped after epoch {trained['epochs']}, best val/loss {best['val/loss']:.2f} at "
+            f"epoch {trained['kept_epoch']}; evaluating")
+    kept_pass = run_dir / KEPT_DIR / "likelihood_nll.npz"
+    if kept_pass.exists():
+        with np.load(kept_pass) as z:
+            text += f" (likelihood: {len(z['nll'])} test images done)"
+    return f"{text} (`{where}`)"
 
 
 def seed_values(results: Path, metric: str) -> list[float]:

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from conftest import make_cfg
 
-from aeflax import evaluation, kept, training
+from aeflax import evaluation, kept, tracking, training
 from aeflax.kept import KeptBatches, Stopped
 
 
@@ -82,7 +82,7 @@ def test_a_run_killed_in_its_evaluation_after_early_stopping_only_evaluates_when
                                                                                            monkeypatch):
     """Training ended (early stopping kept an earlier epoch), then the evaluation died: the same
     command trains nothing, keeps every epoch's record, and reports the uninterrupted run's numbers."""
-    from aeflax import checkpoint, run
+    from aeflax import checkpoint
     from aeflax.run import train_and_evaluate
 
     overrides = ("train.epochs=16", "train.batch_size=32", "data.val_size=500", "data.train_limit=1500",
@@ -98,7 +98,7 @@ def test_a_run_killed_in_its_evaluation_after_early_stopping_only_evaluates_when
     monkeypatch.setattr(evaluation, "evaluate_run", killed)
     with pytest.raises(RuntimeError, match="killed during"):
         train_and_evaluate(make_cfg(*overrides), run_dir, progress=False)
-    assert json.loads((run_dir / run.TRAINED).read_text()) == {"epochs": best + 2, "kept_epoch": best}
+    assert json.loads((run_dir / tracking.TRAINED).read_text()) == {"epochs": best + 2, "kept_epoch": best}
 
     monkeypatch.undo()
     monkeypatch.setattr(training, "fit", lambda *a, **k: pytest.fail("the resumed run trained"))
@@ -108,7 +108,7 @@ def test_a_run_killed_in_its_evaluation_after_early_stopping_only_evaluates_when
     points = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert [p["epoch"] for p in points if "train/loss" in p] == list(range(1, best + 3))
     assert checkpoint.latest_epoch(checkpoint.manager(run_dir)) == best
-    assert not (run_dir / run.TRAINED).exists() and not (run_dir / checkpoint.BEST_DIRNAME).exists()
+    assert not (run_dir / tracking.TRAINED).exists() and not (run_dir / checkpoint.BEST_DIRNAME).exists()
 
 
 @pytest.mark.slow

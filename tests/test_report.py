@@ -116,3 +116,24 @@ def test_a_table_of_published_rows_shows_each_finished_in_progress_or_not_run(tm
     monkeypatch.setattr(report, "STUDIES", [study])
     assert ("row C: not run yet; row A: -228.50 (n=1) vs −228.70; row B: in progress: epoch 3"
             in report.summary_block())
+
+
+def test_a_row_whose_training_ended_says_how_far_its_evaluation_got(tmp_path, monkeypatch):
+    import numpy as np
+
+    from aeflax import kept, tracking
+
+    run_dir = tmp_path / "runs" / "table" / "b"
+    _named_run(run_dir, "b", {"status": "interrupted"},
+               [{"epoch": e, "val/loss": v} for e, v in ((1, 300.0), (2, 290.5), (3, 291.0), (4, 292.0))])
+    (run_dir / tracking.TRAINED).write_text(json.dumps({"epochs": 4, "kept_epoch": 2}))
+    monkeypatch.setattr(report, "ROOT", tmp_path)
+    study = report.Study("s", "t", "table", "test/nll", "per row", None, "cmd", rows=["name"],
+                         published={("b",): ("row B", "−227.35", -227.35)})
+    assert report.in_progress(study) == {
+        ("b",): "trained: stopped after epoch 4, best val/loss 290.50 at epoch 2; evaluating "
+                "(`runs/table/b`)"}
+    (run_dir / kept.DIRNAME).mkdir()
+    np.savez(run_dir / kept.DIRNAME / "likelihood_nll.npz", fingerprint=np.array("{}"), nll=np.zeros(1500))
+    shown = report.in_progress(study)[("b",)]
+    assert shown.endswith("evaluating (likelihood: 1500 test images done) (`runs/table/b`)")
