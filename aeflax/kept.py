@@ -89,6 +89,19 @@ class KeptBatches:
             raise Stopped(what, done, total)
 
 
+def images_done(run_dir: Path) -> dict[str, int]:
+    """How many images each kept pass of a run has done, by pass name (for reports; the pass itself
+    checks its fingerprint before it reuses them)."""
+    done = {}
+    for path in sorted((Path(run_dir) / DIRNAME).glob("*.npz")):
+        if path.name.startswith("."):
+            continue  # a save in flight
+        with np.load(path, allow_pickle=False) as z:
+            outputs = [k for k in z.files if k != "fingerprint"]
+            done[path.stem] = len(z[outputs[0]]) if outputs else 0
+    return done
+
+
 def remove(run_dir: Path) -> None:
     """Drop every kept pass of a run: its evaluation is recorded (or starts afresh)."""
     shutil.rmtree(Path(run_dir) / DIRNAME, ignore_errors=True)

@@ -19,8 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
-from aeflax import tables
-from aeflax.kept import DIRNAME as KEPT_DIR
+from aeflax import kept, tables
 from aeflax.tracking import TRAINED
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -255,18 +254,17 @@ def in_progress(study: Study) -> dict[tuple, str]:
     return progress
 
 
-def evaluating(run_dir: Path, best: dict, where) -> str:
+def evaluating(run_dir: Path, best: Optional[dict], where) -> str:
     """A run whose training ended (its TRAINED file) and whose evaluation has not finished:
-    where its training stopped and how far its kept likelihood pass got (aeflax.kept)."""
-    import numpy as np
-
+    where its training stopped and how far its kept passes got (aeflax.kept)."""
     trained = json.loads((run_dir / TRAINED).read_text())
-    text = (f"trained: stopped after epoch {trained['epochs']}, best val/loss {best['val/loss']:.2f} at "
-            f"epoch {trained['kept_epoch']}; evaluating")
-    kept_pass = run_dir / KEPT_DIR / "likelihood_nll.npz"
-    if kept_pass.exists():
-        with np.load(kept_pass) as z:
-            text += f" (likelihood: {len(z['nll'])} test images done)"
+    text = f"trained: stopped after epoch {trained['epochs']}"
+    if best is not None:
+        text += f", best val/loss {best['val/loss']:.2f} at epoch {trained['kept_epoch']}"
+    text += "; evaluating"
+    done = kept.images_done(run_dir)
+    if done:
+        text += " (" + ", ".join(f"{name}: {n} test images done" for name, n in done.items()) + ")"
     return f"{text} (`{where}`)"
 
 

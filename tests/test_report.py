@@ -136,4 +136,17 @@ def test_a_row_whose_training_ended_says_how_far_its_evaluation_got(tmp_path, mo
     (run_dir / kept.DIRNAME).mkdir()
     np.savez(run_dir / kept.DIRNAME / "likelihood_nll.npz", fingerprint=np.array("{}"), nll=np.zeros(1500))
     shown = report.in_progress(study)[("b",)]
-    assert shown.endswith("evaluating (likelihood: 1500 test images done) (`runs/table/b`)")
+    assert shown.endswith("evaluating (likelihood_nll: 1500 test images done) (`runs/table/b`)")
+
+
+def test_a_trained_row_without_validation_losses_says_where_its_training_stopped(tmp_path, monkeypatch):
+    from aeflax import tracking
+
+    run_dir = tmp_path / "runs" / "table" / "b"
+    _named_run(run_dir, "b", {"status": "interrupted"}, [{"epoch": e, "train/loss": 1.0} for e in (1, 2)])
+    (run_dir / tracking.TRAINED).write_text(json.dumps({"epochs": 2, "kept_epoch": 2}))
+    monkeypatch.setattr(report, "ROOT", tmp_path)
+    study = report.Study("s", "t", "table", "test/nll", "per row", None, "cmd", rows=["name"],
+                         published={("b",): ("row B", "−227.35", -227.35)})
+    shown = report.in_progress(study)[("b",)]
+    assert shown == "trained: stopped after epoch 2; evaluating (`runs/table/b`)"
