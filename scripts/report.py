@@ -243,8 +243,9 @@ def in_progress(study: Study) -> dict[tuple, str]:
     for _, run in (runs.iterrows() if len(runs) else ()):
         run_dir = Path(run["run"])
         where = run_dir.relative_to(ROOT) if run_dir.is_relative_to(ROOT) else run_dir
-        records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()
-                   if line.strip()]
+        metrics = run_dir / "metrics.jsonl"  # written after the first epoch
+        records = [json.loads(line) for line in metrics.read_text().splitlines()
+                   if line.strip()] if metrics.exists() else []
         epochs = [r for r in records if "val/loss" in r]
         best = min(epochs, key=lambda r: r["val/loss"]) if epochs else None
         progress[tuple(run[k] for k in study.rows)] = (

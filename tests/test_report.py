@@ -118,6 +118,16 @@ def test_a_table_of_published_rows_shows_each_finished_in_progress_or_not_run(tm
             in report.summary_block())
 
 
+def test_a_row_started_before_its_first_epoch_ended_says_so(tmp_path, monkeypatch):
+    run_dir = tmp_path / "runs" / "table" / "b"
+    _named_run(run_dir, "b", {"status": "running"})
+    (run_dir / "metrics.jsonl").unlink()  # the first epoch has not ended
+    monkeypatch.setattr(report, "ROOT", tmp_path)
+    study = report.Study("s", "t", "table", "test/nll", "per row", None, "cmd", rows=["name"],
+                         published={("b",): ("row B", "−227.35", -227.35)})
+    assert report.in_progress(study) == {("b",): "started, no epoch yet (`runs/table/b`)"}
+
+
 def test_a_row_whose_training_ended_says_how_far_its_evaluation_got(tmp_path, monkeypatch):
     import numpy as np
 
