@@ -265,6 +265,7 @@ class WandbRun:
         self.log_checkpoints = bool(getattr(logger_cfg, "log_checkpoints", False))
         self.resumed = run_id is not None
         self.best: dict[str, float] = {}
+        self.top_step = -1  # the highest step logged (see `_placed`)
         if logger_cfg.mode == "disabled":
             return
         try:
@@ -306,11 +307,21 @@ class WandbRun:
             log.warning("W&B logging failed (%s: %s); continuing without W&B", type(err).__name__, err)
             self.run = None
 
+    def _placed(self, metrics: dict, step: Optional[int]) -> tuple[dict, Optional[int]]:
+        """W&B drops a point logged below its highest step: the evaluation of an early-stopped
+        run's kept (earlier) epoch goes one step after the last epoch, its `epoch` value placing
+        it on the curves, which are drawn over the epoch."""
+        if step is None or step >= self.top_step:
+            self.top_step = max(self.top_step, step if step is not None else -1)
+            return metrics, step
+        return {"epoch": step, **metrics}, self.top_step + 1
+
     def log(self, metrics: dict, step: Optional[int] = None) -> None:
         for key in self.BEST:
             value = metrics.get(key)
             if isinstance(value, (int, float)) and math.isfinite(value):
                 self.best[key] = min(value, self.best.get(key, math.inf))
+        metrics, step = self._placed(metrics, step)
         self._call(lambda: self.run.log(metrics, step=step))
 
     def continue_from(self, points: list[dict]) -> None:
@@ -333,7 +344,7 @@ class WandbRun:
         def log_one():
             import wandb
 
-            self.run.log({key: wandb.Image(str(path))}, step=step)
+            self.run.log(*self._placed({key: wandb.Image(str(path))}, step))
 
         self._call(log_one)
 

@@ -186,3 +186,22 @@ def test_a_single_run_keeps_its_own_wandb_folder_and_logs_checkpoints_when_asked
     (artifact,) = [r["artifact"] for r in recs if r["type"] == "artifact"]
     assert artifact["type"] == "model" and artifact["name"] == f"checkpoints-{summary['wandb_id']}"
     assert final_summary(recs)["test/mse"] == summary["test/mse"]
+
+
+@pytest.mark.slow
+def test_an_early_stopped_runs_evaluation_and_figures_reach_wandb_at_its_kept_epoch(tmp_path):
+    """W&B drops a point logged below its highest step: the evaluation of the kept (best) epoch,
+    logged after the later epochs, goes one step after the last, its `epoch` the kept one."""
+    cfg = make_cfg("logger.mode=offline", "eval.figures=true", "train.epochs=12", "train.batch_size=32",
+                   "data.val_size=500", "data.train_limit=1500", "data.test_limit=200",
+                   "train.early_stopping_patience=2", "optimizer.learning_rate=0.05")
+    summary = train_and_evaluate(cfg, tmp_path, progress=False)
+    last = max(p["epoch"] for p in read_metrics(tmp_path) if "train/loss" in p)
+    assert summary["epochs"] < last  # stopped early: the kept epoch is an earlier one
+    (folder,) = (tmp_path / "wandb").glob("offline-run-*")
+    logged = history(records(folder))
+    assert sorted(logged) == list(range(1, last + 2))
+    evaluation = logged[last + 1]
+    assert evaluation["epoch"] == summary["epochs"]
+    assert evaluation["time/eval_seconds"] == summary["time/eval_seconds"]
+    assert {"figures/reconstructions._type", "figures/samples._type"} <= set(evaluation)  # the images
