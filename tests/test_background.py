@@ -162,3 +162,14 @@ print("a DataFrame:", wandb.util.is_pandas_data_frame(pandas.DataFrame({"a": [1]
     assert "pandas imported: False" in out.stdout
     assert "a DataFrame: True False" in out.stdout
     assert list((tmp_path / "wandb").glob("offline-run-*/files/media/images/figures/f_*.png"))
+
+
+def test_pytest_rewrites_only_our_tests_not_a_librarys_test_modules():
+    """pytest's assertion rewriting parses a module with `ast.parse` as it is imported, which on
+    CPython 3.11.7 can fail ("AST constructor recursion depth mismatch") while W&B starts on its
+    thread: orbax.checkpoint imports its test_utils the first time a run saves (pyproject.toml)."""
+    import orbax.checkpoint.test_utils as library_test_module
+    import test_background
+
+    assert type(test_background.__loader__).__name__ == "AssertionRewritingHook"  # ours are
+    assert type(library_test_module.__loader__).__name__ != "AssertionRewritingHook"
