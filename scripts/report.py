@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Optional
 
 from aeflax import kept, tables
-from aeflax.tracking import TRAINED
+from aeflax.tracking import TRAINED, read_metrics
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -243,10 +243,7 @@ def in_progress(study: Study) -> dict[tuple, str]:
     for _, run in (runs.iterrows() if len(runs) else ()):
         run_dir = Path(run["run"])
         where = run_dir.relative_to(ROOT) if run_dir.is_relative_to(ROOT) else run_dir
-        metrics = run_dir / "metrics.jsonl"  # written after the first epoch
-        records = [json.loads(line) for line in metrics.read_text().splitlines()
-                   if line.strip()] if metrics.exists() else []
-        epochs = [r for r in records if "val/loss" in r]
+        epochs = [r for r in read_metrics(run_dir) if "val/loss" in r]  # none before the first epoch ends
         best = min(epochs, key=lambda r: r["val/loss"]) if epochs else None
         progress[tuple(run[k] for k in study.rows)] = (
             evaluating(run_dir, best, where) if (run_dir / TRAINED).exists() else
