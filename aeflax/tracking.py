@@ -311,8 +311,10 @@ class WandbRun:
         """W&B drops a point logged below its highest step: the evaluation of an early-stopped
         run's kept (earlier) epoch goes one step after the last epoch, its `epoch` value placing
         it on the curves, which are drawn over the epoch."""
-        if step is None or step >= self.top_step:
-            self.top_step = max(self.top_step, step if step is not None else -1)
+        if step is None:
+            return metrics, None
+        if step >= self.top_step:
+            self.top_step = step
             return metrics, step
         return {"epoch": step, **metrics}, self.top_step + 1
 
