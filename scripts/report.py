@@ -238,7 +238,7 @@ def in_progress(study: Study) -> dict[tuple, str]:
     """Where each row's run in runs/<results>/ stands (long runs in progress, committed between
     sessions), by row key: its last epoch and best validation loss so far."""
     path = ROOT / "runs" / study.results
-    runs = tables.load([path]) if path.exists() else []
+    runs = tables.load([path]) if path.exists() and tables.find_runs(path) else []  # a finished row moves out
     progress = {}
     for _, run in (runs.iterrows() if len(runs) else ()):
         run_dir = Path(run["run"])

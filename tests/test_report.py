@@ -128,6 +128,15 @@ def test_a_row_started_before_its_first_epoch_ended_says_so(tmp_path, monkeypatc
     assert report.in_progress(study) == {("b",): "started, no epoch yet (`runs/table/b`)"}
 
 
+def test_a_runs_folder_left_empty_when_its_last_row_moved_to_results_means_no_row_in_progress(
+        tmp_path, monkeypatch):
+    (tmp_path / "runs" / "table").mkdir(parents=True)
+    monkeypatch.setattr(report, "ROOT", tmp_path)
+    study = report.Study("s", "t", "table", "test/nll", "per row", None, "cmd", rows=["name"],
+                         published={("b",): ("row B", "−227.35", -227.35)})
+    assert report.in_progress(study) == {}
+
+
 def test_a_row_whose_training_ended_says_how_far_its_evaluation_got(tmp_path, monkeypatch):
     import numpy as np
 
