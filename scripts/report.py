@@ -137,10 +137,16 @@ def fmt(v: float, digits: int = 4) -> str:
     return f"{v:.{digits}g}" if abs(v) < 1 else f"{v:.2f}"
 
 
+def has_runs(path: Path) -> bool:
+    """Whether `path` holds a run record; a folder can exist without one (a finished row moved out of
+    runs/, a sweep's first job removed), and tables.load refuses such a folder."""
+    return path.exists() and bool(tables.find_runs(path))
+
+
 def study_rows(study: Study):
     """Aggregated rows (one per group) of the study's runs, or None when there are none."""
     path = ROOT / "results" / study.results
-    if study.not_run or not path.exists():
+    if study.not_run or not has_runs(path):
         return None
     runs = tables.load([path])
     metrics = [study.metric, *study.extra_metrics]
@@ -238,7 +244,7 @@ def in_progress(study: Study) -> dict[tuple, str]:
     """Where each row's run in runs/<results>/ stands (long runs in progress, committed between
     sessions), by row key: its last epoch and best validation loss so far."""
     path = ROOT / "runs" / study.results
-    runs = tables.load([path]) if path.exists() and tables.find_runs(path) else []  # a finished row moves out
+    runs = tables.load([path]) if has_runs(path) else []
     progress = {}
     for _, run in (runs.iterrows() if len(runs) else ()):
         run_dir = Path(run["run"])
@@ -286,7 +292,7 @@ def reference_lines(study: Study) -> list[str]:
 
     ref = study.reference
     path = ROOT / "results" / ref.results
-    if not path.exists():
+    if not has_runs(path):
         return [f"The reference ({ref.label}): not run yet; `{ref.command}`.", ""]
     theirs = seed_values(path, study.metric)
     mine = seed_values(ROOT / "results" / study.results, study.metric)
@@ -337,7 +343,7 @@ def summary_block() -> str:
             value = row_summary(study, result[0])
         else:
             value = ours(study, result[0])
-        if study.reference is not None and (ROOT / "results" / study.reference.results).exists():
+        if study.reference is not None and has_runs(ROOT / "results" / study.reference.results):
             theirs = seed_values(ROOT / "results" / study.reference.results, study.metric)
             if theirs:
                 value += f"; {study.reference.label}: {spread(theirs)}"

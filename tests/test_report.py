@@ -137,6 +137,15 @@ def test_a_runs_folder_left_empty_when_its_last_row_moved_to_results_means_no_ro
     assert report.in_progress(study) == {}
 
 
+def test_a_results_folder_without_a_run_record_is_a_study_not_run_yet(tmp_path, monkeypatch):
+    (tmp_path / "results" / "table" / "wandb").mkdir(parents=True)  # a sweep whose first job was removed
+    (tmp_path / "results" / "table" / "multirun.yaml").write_text("{}\n")
+    monkeypatch.setattr(report, "ROOT", tmp_path)
+    study = report.Study("s", "t", "table", "test/nll", "per row", None, "cmd", rows=["name"])
+    assert report.study_rows(study) is None
+    assert "Ours: not run yet." in report.study_block(study)
+
+
 def test_a_row_whose_training_ended_says_how_far_its_evaluation_got(tmp_path, monkeypatch):
     import numpy as np
 
